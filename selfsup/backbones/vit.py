@@ -1,0 +1,135 @@
+"""Vision Transformer backbone: any timm ViT by name, able to encode only a subset of its patches.
+
+Encoding a subset is what makes MAE cheap: the patches are cut from the image and gathered before the
+patch projection, so masked patches cost neither the projection nor any transformer block.
+"""
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup.backbones.pos_embed import sincos_2d
+from selfsup.errors import ConfigError
+
+PATCH_CHOICES = (16, 8, 4, 2)
+MIN_PATCHES_PER_SIDE = 7
+
+
+def auto_patch_size(img_size: int) -> int:
+    """The largest of 16, 8, 4, 2 that divides the image and leaves at least 7 patches per side.
+
+    224 px -> 16 (14x14), 96 -> 8 (12x12), 32 -> 4 (8x8), 28 -> 4 (7x7): the grids SSL papers use.
+    """
+    for p in PATCH_CHOICES:
+        if img_size % p == 0 and img_size // p >= MIN_PATCHES_PER_SIDE:
+            return p
+    raise ConfigError(f"no patch size in {PATCH_CHOICES} fits image size {img_size}; set backbone.patch_size")
+
+
+class ViT(nn.Module):
+    """A timm VisionTransformer with patch-level access: patchify, encode a subset, pool."""
+
+    modality = "image"
+
+    def __init__(
+        self,
+        name: str = "vit_small_patch16_224",
+        img_size: int = 224,
+        patch_size: int | str = "auto",
+        in_chans: int = 3,
+        pos_embed: str = "sincos",
+        pool: str = "cls",
+        drop_path_rate: float = 0.0,
+        **timm_kwargs,
+    ) -> None:
+        super().__init__()
+        if not timm.is_model(name):
+            raise ConfigError(f"unknown timm model '{name}' for backbone.name; list ViTs with timm.list_models('vit_*')")
+        patch = auto_patch_size(img_size) if patch_size == "auto" else int(patch_size)
+        if img_size % patch:
+            raise ConfigError(
+                f"image size {img_size} is not divisible by patch size {patch}; "
+                f"set backbone.patch_size to a divisor of {img_size} (or 'auto')"
+            )
+        if pos_embed not in ("sincos", "learned"):
+            raise ConfigError(f"backbone.pos_embed must be 'sincos' or 'learned', got '{pos_embed}'")
+        if pool not in ("cls", "mean"):
+            raise ConfigError(f"backbone.pool must be 'cls' or 'mean', got '{pool}'")
+        self.vit = timm.create_model(
+            name, pretrained=False, img_size=img_size, patch_size=patch, in_chans=in_chans,
+            num_classes=0, drop_path_rate=drop_path_rate, class_token=True, **timm_kwargs,
+        )
+        if not hasattr(self.vit, "patch_embed") or not hasattr(self.vit, "blocks"):
+            raise ConfigError(f"timm model '{name}' is not a VisionTransformer; pick a 'vit_*' model for backbone.name")
+        self.name, self.img_size, self.patch_size, self.in_chans, self.pool = name, img_size, patch, in_chans, pool
+        self.grid = (img_size // patch, img_size // patch)
+        self.num_patches = self.grid[0] * self.grid[1]
+        self.embed_dim = self.vit.embed_dim
+        self.num_prefix = self.vit.num_prefix_tokens
+        if pos_embed == "sincos":
+            prefix = 0 if self.vit.no_embed_class else self.num_prefix
+            table = sincos_2d(self.embed_dim, *self.grid, num_prefix=prefix)
+            self.vit.pos_embed.data.copy_(table.unsqueeze(0))
+            self.vit.pos_embed.requires_grad_(False)
+
+    @property
+    def num_features(self) -> int:
+        return self.embed_dim
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"vit.{n}" for n in self.vit.no_weight_decay()}
+
+    def patchify(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N, p*p*C), patches in row-major order, pixels in (row, col, channel) order."""
+        b, c, h, w = images.shape
+        p = self.patch_size
+        x = images.reshape(b, c, h // p, p, w // p, p)
+        return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """Inverse of `patchify`."""
+        b = patches.shape[0]
+        p, (gh, gw), c = self.patch_size, self.grid, self.in_chans
+        x = patches.reshape(b, gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(b, c, gh * p, gw * p)
+
+    def _project(self, patches: torch.Tensor) -> torch.Tensor:
+        """The patch embedding as a linear map on patchified pixels (same weights as timm's conv)."""
+        conv = self.vit.patch_embed.proj
+        weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)
+        return self.vit.patch_embed.norm(F.linear(patches, weight, conv.bias))
+
+    def encode_patches(self, patches: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode patches (B, N, p*p*C), or only those at indices `keep` (B, n). Returns (B, prefix + n, D)."""
+        vit = self.vit
+        b = patches.shape[0]
+        pos = vit.pos_embed
+        prefix_pos = None if vit.no_embed_class else pos[:, : self.num_prefix]
+        patch_pos = pos if vit.no_embed_class else pos[:, self.num_prefix :]
+        if keep is not None:
+            patches = torch.gather(patches, 1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+            patch_pos = torch.gather(patch_pos.expand(b, -1, -1), 1, keep.unsqueeze(-1).expand(-1, -1, self.embed_dim))
+        x = self._project(patches) + patch_pos
+        prefix = [t.expand(b, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
+        if prefix:
+            prefix = torch.cat(prefix, dim=1)
+            if prefix_pos is not None:
+                prefix = prefix + prefix_pos
+            x = torch.cat([prefix.to(x.dtype), x], dim=1)
+        x = vit.norm_pre(vit.pos_drop(x))
+        x = vit.blocks(x)
+        return vit.norm(x)
+
+    def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """All tokens of full images: (B, prefix + N, D)."""
+        return self.encode_patches(self.patchify(images))
+
+    def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, D): the class token, or the mean of the patch tokens."""
+        return tokens[:, 0] if self.pool == "cls" else tokens[:, self.num_prefix :].mean(dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Image features (B, D), pooled as configured: what probes, kNN and embedding export use."""
+        return self.pool_tokens(self.forward_tokens(images))

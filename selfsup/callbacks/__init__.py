@@ -1,0 +1,1 @@
+"""Callbacks: what watches training without changing it (throughput, pictures, later online probes)."""

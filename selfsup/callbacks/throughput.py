@@ -1,0 +1,35 @@
+"""Samples per second and peak GPU memory, measured between logging steps without any device sync."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+
+class Throughput(pl.Callback):
+    """Logs `train/samples_per_s` (global, all processes) and `train/peak_mem_gib` every `every_n_steps`.
+
+    Wall time between optimizer steps over a window: in steady state the GPU queue makes this the GPU's
+    rate, and no synchronisation is added to the step.
+    """
+
+    def __init__(self, global_batch: int, every_n_steps: int = 50) -> None:
+        self.global_batch, self.every_n_steps = global_batch, every_n_steps
+        self._t0: float | None = None
+        self._step0 = 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if self._t0 is None:
+            self._t0, self._step0 = time.perf_counter(), step
+            return
+        if step - self._step0 >= self.every_n_steps:
+            now = time.perf_counter()
+            rate = (step - self._step0) * self.global_batch / (now - self._t0)
+            pl_module.log("train/samples_per_s", rate, prog_bar=True, rank_zero_only=True)
+            if torch.cuda.is_available():
+                pl_module.log("train/peak_mem_gib", torch.cuda.max_memory_allocated() / 2**30, rank_zero_only=True)
+            self._t0, self._step0 = now, step

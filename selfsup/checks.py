@@ -1,0 +1,55 @@
+"""Checks that span several config groups, run before anything heavy is built.
+
+Single-piece checks (mask ratio, patch size against image size, timm model names) live in the piece's
+constructor; this module checks the pieces fit together and that the command line names real choices.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.utils import get_class
+
+from selfsup.errors import ConfigError
+
+GROUPS = ("backbone", "objective", "data", "trainer", "optim", "logger", "experiment")
+
+
+def choices(config_dir: Path, group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+
+
+def check_command_line(argv: Sequence[str], config_dir: Path) -> None:
+    """An unknown `group=name` on the command line, named with the choices, before Hydra's longer error."""
+    for arg in argv:
+        m = re.fullmatch(r"[+~]?(\w+)=([\w.-]+)", arg)
+        if not m or m.group(1) not in GROUPS or m.group(2) == "null":
+            continue
+        group, name = m.groups()
+        for option in name.split(","):  # multirun lists: objective=mae,simclr
+            if not (config_dir / group / f"{option}.yaml").is_file():
+                raise ConfigError(f"unknown {group} '{option}'; choose one of: {', '.join(choices(config_dir, group))}")
+
+
+def target_attr(node: Any, attr: str, default: Any = None) -> Any:
+    """A class attribute of a config node's `_target_` class, read without building it."""
+    target = node.get("_target_") if node is not None else None
+    if not target:
+        return default
+    try:
+        return getattr(get_class(target), attr, default)
+    except Exception as e:  # an unimportable _target_ is itself a config error
+        raise ConfigError(f"cannot import {target}: {e}") from e
+
+
+def check_modalities(cfg: Any) -> None:
+    """The objective, the backbone and the data must agree on the modality (image, text, image-text)."""
+    wanted = target_attr(cfg.objective, "modality")
+    for group in ("backbone", "data"):
+        have = target_attr(cfg[group], "modality")
+        if wanted and have and have != wanted:
+            raise ConfigError(
+                f"objective {target_attr(cfg.objective, '__name__')} needs {wanted} {group}, but the chosen {group} "
+                f"is {have}; pick an {wanted} {group} (or drop the {group}= override to use the objective's default)"
+            )

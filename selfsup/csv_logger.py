@@ -1,0 +1,39 @@
+"""A CSV logger that keeps a run's earlier rows: Lightning's own deletes metrics.csv when the folder is
+not empty, which would throw away the history of every resumed run."""
+from __future__ import annotations
+
+import csv
+import os
+
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+
+class AppendingWriter(ExperimentWriter):
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                self.metrics_keys = sorted(next(csv.reader(f), []))
+
+    def _check_log_dir_exists(self) -> None:
+        """Keep the existing file: a resumed run appends to it."""
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        """Rewrite beside the file and rename into place, so a kill never leaves half a file."""
+        with open(self.metrics_file_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        tmp = self.metrics_file_path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.metrics_file_path)
+
+
+class RunCSVLogger(CSVLogger):
+    """Writes RUN/metrics.csv directly in the run folder, appending across resumes."""
+
+    def __init__(self, run_dir: str) -> None:
+        super().__init__(save_dir=run_dir, name="", version="")
+        self._experiment = AppendingWriter(self.log_dir)

@@ -1,0 +1,48 @@
+"""Counter-based randomness keyed by sample: random numbers as a pure function of (seed, epoch, index, ...).
+
+Why: a sample's augmentation and its MAE mask then do not depend on the number of data workers, on the
+number of GPUs, nor on where a run was interrupted and resumed, so resumed and DDP runs reproduce
+single-process runs exactly, with no random-generator state to save. The hash is Chris Wellons'
+`lowbias32`, evaluated with exact 32-bit arithmetic inside int64 tensors on any device.
+"""
+from __future__ import annotations
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mulmod32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2**32 for 0 <= x < 2**32, split in 16-bit halves so no int64 product overflows."""
+    lo = x * (c & 0xFFFF)
+    hi = ((x * (c >> 16)) & 0xFFFF) << 16
+    return (lo + hi) & _MASK32
+
+
+def hash32(x: torch.Tensor) -> torch.Tensor:
+    """Mix the low 32 bits of an int64 tensor into a well-spread 32-bit hash (as int64 values)."""
+    x = x & _MASK32
+    x = x ^ (x >> 16)
+    x = _mulmod32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mulmod32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def combine(key: torch.Tensor | int, value: torch.Tensor | int) -> torch.Tensor:
+    """A new key from a key and a value (seed, epoch, sample index, view, stream name...)."""
+    key = torch.as_tensor(key, dtype=torch.int64)
+    value = torch.as_tensor(value, dtype=torch.int64, device=key.device)
+    return hash32(hash32(key) ^ (value & _MASK32) ^ 0x9E3779B9)
+
+
+def sample_key(seed: int, epoch: int, index: int) -> int:
+    """The key of one sample in one epoch, as a Python int (used by data workers)."""
+    return int(combine(combine(seed, epoch), index))
+
+
+def uniform(keys: torch.Tensor, n: int, stream: int = 0) -> torch.Tensor:
+    """A (len(keys), n) float32 tensor of U[0, 1) numbers, one row per key, on the keys' device."""
+    counters = torch.arange(n, device=keys.device, dtype=torch.int64) + (stream << 20)
+    bits = hash32(hash32(keys.to(torch.int64)).unsqueeze(-1) ^ hash32(counters))
+    return (bits >> 8).to(torch.float32) * (1.0 / (1 << 24))

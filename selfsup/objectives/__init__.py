@@ -1,0 +1,1 @@
+"""Pretext objectives: each takes a backbone and a batch and returns a loss and metrics."""

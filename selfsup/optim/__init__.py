@@ -1,0 +1,51 @@
+"""Optimizers and learning-rate schedules, built from the `optim/` config group."""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from selfsup.errors import ConfigError
+
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token", "mask_token")
+
+
+def param_groups(modules: dict[str, nn.Module], weight_decay: float) -> list[dict[str, Any]]:
+    """Two groups: decayed weights, and biases, norms, position embeddings and special tokens (no decay)."""
+    decay, no_decay = [], []
+    for prefix, module in modules.items():
+        explicit = set(module.no_weight_decay()) if hasattr(module, "no_weight_decay") else set()
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            skip = p.ndim <= 1 or name in explicit or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
+            (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def scaled_lr(base_lr: float, global_batch: int, reference_batch: int = 256) -> float:
+    """The linear scaling rule (Goyal et al. 2017) used by MAE, SimCLR and BYOL: lr = base_lr * B / 256."""
+    return base_lr * global_batch / reference_batch
+
+
+def build_optimizer(name: str, groups: list[dict[str, Any]], lr: float, betas: Iterable[float] = (0.9, 0.999),
+                    momentum: float = 0.9, fused: bool = False) -> torch.optim.Optimizer:
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused or None)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    raise ConfigError(f"unknown optimizer '{name}' in optim.name; choose adamw or sgd")
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
+    """A LambdaLR factor: linear warm-up from 0 to 1, then half a cosine down to `min_ratio`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor

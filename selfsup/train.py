@@ -1,0 +1,141 @@
+"""Build a run from a composed config and train it: what `python train.py` calls."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from selfsup import runs
+from selfsup.callbacks.pictures import Pictures
+from selfsup.callbacks.throughput import Throughput
+from selfsup.checks import check_modalities
+from selfsup.csv_logger import RunCSVLogger
+from selfsup.errors import ConfigError, SelfsupError
+from selfsup.module import OptimConfig, PretrainModule
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, re-raising a user error from the constructor as itself (Hydra wraps it)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, SelfsupError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def resolve_precision(precision: str) -> str:
+    """`auto`: bf16 mixed precision on CUDA GPUs with bf16, full fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def world_size(trainer_cfg: DictConfig) -> int:
+    devices = trainer_cfg.get("devices", "auto")
+    if devices in ("auto", -1, "-1"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() and trainer_cfg.get("accelerator", "auto") != "cpu" else 1
+    elif isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        count = len(devices)
+    else:
+        count = int(devices)
+    return max(1, count) * int(trainer_cfg.get("num_nodes", 1))
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> list[Any]:
+    loggers: list[Any] = []
+    if cfg.logger.csv:
+        loggers.append(RunCSVLogger(str(run_dir)))
+    wb = cfg.logger.wandb
+    if wb.mode != "disabled":
+        from pytorch_lightning.loggers import WandbLogger
+
+        tags = list(wb.tags or []) + [f"{k}:{v}" for k, v in names.items()]
+        loggers.append(WandbLogger(project=wb.project, group=wb.group or names["objective"], tags=tags,
+                                   mode=wb.mode, save_dir=str(run_dir), name=run_dir.name,
+                                   config=OmegaConf.to_container(cfg, resolve=True)))
+    if cfg.logger.tensorboard:
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path, global_batch: int) -> list[pl.Callback]:
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+
+    ck = cfg.checkpoint
+    periodic = ModelCheckpoint(dirpath=runs.checkpoint_dir(run_dir), filename="step_{step:07d}",
+                               auto_insert_metric_name=False, every_n_train_steps=ck.every_n_steps or None,
+                               every_n_epochs=None if ck.every_n_steps else ck.every_n_epochs,
+                               save_top_k=-1, save_last=True, enable_version_counter=False)
+    log_every = cfg.trainer.log_every_n_steps
+    return [
+        periodic,
+        Throughput(global_batch, every_n_steps=log_every),
+        Pictures(run_dir / "pictures", every_n_epochs=cfg.pictures_every_n_epochs),
+        LearningRateMonitor(logging_interval="step"),
+        TQDMProgressBar(refresh_rate=log_every),
+    ]
+
+
+def budget(trainer_cfg: DictConfig, steps_per_epoch: int) -> int:
+    """Total optimizer steps of the run: max_steps when set, else max_epochs x steps per epoch."""
+    if trainer_cfg.max_steps and trainer_cfg.max_steps > 0:
+        return int(trainer_cfg.max_steps)
+    if trainer_cfg.max_epochs and trainer_cfg.max_epochs > 0:
+        return int(trainer_cfg.max_epochs) * steps_per_epoch
+    raise ConfigError("set trainer.max_steps or trainer.max_epochs to a positive number")
+
+
+def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule:
+    """Check, build and train; returns the trained module."""
+    check_modalities(cfg)
+    print(OmegaConf.to_yaml(cfg, resolve=True))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    backbone = build(cfg.backbone)
+    objective = build(cfg.objective, backbone=backbone, _convert_="all")
+    data = build(cfg.data, views=objective.views, seed=cfg.seed, _convert_="all")
+    devices = world_size(cfg.trainer)
+    data.check_batch_size(devices)
+
+    accumulate = int(cfg.trainer.accumulate_grad_batches)
+    global_batch = data.batch_size * devices * accumulate
+    steps_per_epoch = max(1, len(data.train_set) // (data.batch_size * devices) // accumulate)
+    total_steps = budget(cfg.trainer, steps_per_epoch)
+    optim = OptimConfig.from_cfg(OmegaConf.to_container(cfg.optim, resolve=True), global_batch, steps_per_epoch,
+                                 total_steps)
+    module = PretrainModule(backbone, objective, optim, compile=cfg.compile)
+
+    ckpt = runs.resolve_resume(cfg.resume, run_dir)
+    if ckpt is not None:
+        dropped = runs.trim_metrics(run_dir, runs.checkpoint_step(ckpt))
+        print(f"resuming from {ckpt} (step {runs.checkpoint_step(ckpt)}; {dropped} later metric rows dropped)")
+
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_kwargs["precision"] = resolve_precision(trainer_kwargs.get("precision", "auto"))
+    trainer = pl.Trainer(
+        **trainer_kwargs,
+        default_root_dir=str(run_dir),
+        logger=build_loggers(cfg, run_dir, names),
+        callbacks=build_callbacks(cfg, run_dir, global_batch),
+        use_distributed_sampler=False,  # our EpochSampler shards by rank itself (see data/sampling.py)
+    )
+    print(f"global batch {global_batch}, lr {optim.lr:.3g}, {total_steps} steps "
+          f"({steps_per_epoch} per epoch, {optim.warmup_steps} warm-up), precision {trainer_kwargs['precision']}")
+    trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
+    trainer.save_checkpoint(runs.checkpoint_dir(run_dir) / runs.LAST)  # the final state, whatever the period
+    return module

@@ -1,0 +1,47 @@
+"""Every config file of every group composes, resolves, and names importable classes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+
+from selfsup.checks import GROUPS, check_modalities, choices
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CASES = [(group, name) for group in GROUPS for name in choices(CONFIG_DIR, group)]
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides + ["run_dir=runs/test"])
+
+
+def test_every_group_has_options():
+    for group in GROUPS:
+        assert choices(CONFIG_DIR, group), f"configs/{group}/ is empty"
+
+
+@pytest.mark.parametrize("group,name", CASES, ids=[f"{g}={n}" for g, n in CASES])
+def test_config_composes(group: str, name: str):
+    cfg = compose_train([f"{group}={name}"])
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    for piece in ("backbone", "objective", "data"):
+        assert get_class(container[piece]["_target_"])
+    check_modalities(cfg)
+
+
+def test_objective_picks_its_defaults_and_command_line_wins():
+    cfg = compose_train(["objective=mae"])
+    assert cfg.backbone.name == "vit_tiny_patch16_224" and cfg.data._target_.endswith("FashionMNIST")
+    cfg = compose_train(["objective=mae", "backbone=vit_small", "data=synthetic"])
+    assert cfg.backbone.name == "vit_small_patch16_224" and cfg.data._target_.endswith("Synthetic")
+
+
+def test_experiment_preset_sets_the_paper_recipe():
+    cfg = compose_train(["experiment=mae_vit_base_imagenet", "data.root=/x"])
+    assert cfg.backbone.name == "vit_base_patch16_224" and cfg.backbone.patch_size == 16
+    assert (cfg.objective.decoder_dim, cfg.objective.decoder_depth) == (512, 8)
+    assert cfg.optim.warmup_epochs == 40 and cfg.trainer.max_epochs == 800

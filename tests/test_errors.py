@@ -1,0 +1,48 @@
+"""Bad input: one line naming the problem and its fix, a non-zero exit, before training, no traceback."""
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import TINY
+from selfsup.checks import check_modalities
+from selfsup.errors import ConfigError
+
+CASES = {
+    "unknown backbone config": (["backbone=vit_gigantic"], "unknown backbone 'vit_gigantic'; choose one of"),
+    "unknown objective": (["objective=dino9"], "unknown objective 'dino9'; choose one of: mae"),
+    "unknown data": (["data=imagenet22k"], "unknown data 'imagenet22k'; choose one of"),
+    "unknown timm model": (["backbone.name=vit_nonexistent_patch16"], "unknown timm model 'vit_nonexistent_patch16'"),
+    "patch does not divide image": (["backbone.patch_size=5"], "image size 28 is not divisible by patch size 5"),
+    "mask ratio above 1": (["objective.mask_ratio=1.2"], "objective.mask_ratio must lie in (0, 1), got 1.2"),
+    "mask ratio zero": (["objective.mask_ratio=0"], "objective.mask_ratio must lie in (0, 1)"),
+    "batch larger than data": (["data=synthetic", "data.num_samples=40", "data.batch_size=64"],
+                               "global batch 64 (data.batch_size=64 x 1 devices) is larger than the 40 training"),
+    "missing image folder": (["data=image_folder", "data.root=/nonexistent/images"],
+                             "data.root /nonexistent/images is not a folder"),
+    "resume from nothing": (["resume=/nonexistent/run.ckpt"], "resume=/nonexistent/run.ckpt: no checkpoint at"),
+}
+
+
+@pytest.mark.parametrize("args,message", CASES.values(), ids=CASES.keys())
+def test_bad_input_gives_one_line(train, tmp_path, args, message):
+    r = train(["objective=mae", *TINY, "trainer.max_steps=1", f"run_dir={tmp_path / 'run'}", *args])
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], r.stderr[-2000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
+
+
+class TextBackbone:
+    modality = "text"
+
+
+def test_objective_with_a_backbone_of_another_modality_is_refused():
+    cfg = OmegaConf.create({
+        "objective": {"_target_": "selfsup.objectives.mae.MAE"},
+        "backbone": {"_target_": f"{__name__}.TextBackbone"},
+        "data": {"_target_": "selfsup.data.synthetic.Synthetic"},
+    })
+    with pytest.raises(ConfigError, match="objective MAE needs image backbone, but the chosen backbone is text"):
+        check_modalities(cfg)

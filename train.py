@@ -1,0 +1,40 @@
+"""Pretrain a backbone with a self-supervised objective: `python train.py objective=mae [key=value ...]`."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from selfsup.checks import check_command_line
+from selfsup.errors import SelfsupError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def fail(error: SelfsupError) -> None:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from selfsup.train import run
+
+    hc = HydraConfig.get()
+    names = {group: hc.runtime.choices.get(group) for group in ("objective", "backbone", "data")}
+    try:
+        run(cfg, Path(hc.runtime.output_dir), names)
+    except SelfsupError as e:
+        fail(e)
+
+
+if __name__ == "__main__":
+    try:
+        check_command_line(sys.argv[1:], CONFIG_DIR)
+    except SelfsupError as e:
+        fail(e)
+    main()

@@ -6,6 +6,7 @@ patch projection, so masked patches cost neither the projection nor any transfor
 from __future__ import annotations
 
 import timm
+from timm.models.vision_transformer import VisionTransformer
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,12 +58,16 @@ class ViT(nn.Module):
             raise ConfigError(f"backbone.pos_embed must be 'sincos' or 'learned', got '{pos_embed}'")
         if pool not in ("cls", "mean"):
             raise ConfigError(f"backbone.pool must be 'cls' or 'mean', got '{pool}'")
-        self.vit = timm.create_model(
-            name, pretrained=False, img_size=img_size, patch_size=patch, in_chans=in_chans,
-            num_classes=0, drop_path_rate=drop_path_rate, class_token=True, **timm_kwargs,
-        )
-        if not hasattr(self.vit, "patch_embed") or not hasattr(self.vit, "blocks"):
-            raise ConfigError(f"timm model '{name}' is not a VisionTransformer; pick a 'vit_*' model for backbone.name")
+        not_vit = ConfigError(f"timm model '{name}' is not a VisionTransformer; pick a 'vit_*' model for backbone.name")
+        try:
+            self.vit = timm.create_model(
+                name, pretrained=False, img_size=img_size, patch_size=patch, in_chans=in_chans,
+                num_classes=0, drop_path_rate=drop_path_rate, class_token=True, **timm_kwargs,
+            )
+        except TypeError as e:  # a model class that takes no img_size / patch_size
+            raise not_vit from e
+        if not isinstance(self.vit, VisionTransformer):
+            raise not_vit
         self.name, self.img_size, self.patch_size, self.in_chans, self.pool = name, img_size, patch, in_chans, pool
         self.grid = (img_size // patch, img_size // patch)
         self.num_patches = self.grid[0] * self.grid[1]

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning_fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from selfsup import runs
@@ -41,17 +42,6 @@ def resolve_precision(precision: str) -> str:
     return "32-true"
 
 
-def world_size(trainer_cfg: DictConfig) -> int:
-    devices = trainer_cfg.get("devices", "auto")
-    if devices in ("auto", -1, "-1"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() and trainer_cfg.get("accelerator", "auto") != "cpu" else 1
-    elif isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
-        count = len(devices)
-    else:
-        count = int(devices)
-    return max(1, count) * int(trainer_cfg.get("num_nodes", 1))
-
-
 def build_loggers(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> list[Any]:
     loggers: list[Any] = []
     if cfg.logger.csv:
@@ -71,7 +61,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> list
     return loggers
 
 
-def build_callbacks(cfg: DictConfig, run_dir: Path, global_batch: int) -> list[pl.Callback]:
+def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
     ck = cfg.checkpoint
@@ -82,7 +72,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, global_batch: int) -> list[p
     log_every = cfg.trainer.log_every_n_steps
     return [
         periodic,
-        Throughput(global_batch, every_n_steps=log_every),
+        Throughput(every_n_steps=log_every),
         Pictures(run_dir / "pictures", every_n_epochs=cfg.pictures_every_n_epochs),
         LearningRateMonitor(logging_interval="step"),
         TQDMProgressBar(refresh_rate=log_every),
@@ -101,20 +91,30 @@ def budget(trainer_cfg: DictConfig, steps_per_epoch: int) -> int:
 def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule:
     """Check, build and train; returns the trained module."""
     check_modalities(cfg)
-    print(OmegaConf.to_yaml(cfg, resolve=True))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    rank_zero = rank_zero_only.rank == 0  # from the launcher's environment, valid before DDP starts
+    if rank_zero:
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     pl.seed_everything(cfg.seed, workers=True)
 
     backbone = build(cfg.backbone)
     objective = build(cfg.objective, backbone=backbone, _convert_="all")
     data = build(cfg.data, views=objective.views, seed=cfg.seed, _convert_="all")
-    devices = world_size(cfg.trainer)
-    data.check_batch_size(devices)
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_kwargs["precision"] = resolve_precision(trainer_kwargs.get("precision", "auto"))
+    trainer = pl.Trainer(
+        **trainer_kwargs,
+        default_root_dir=str(run_dir),
+        logger=build_loggers(cfg, run_dir, names),
+        callbacks=build_callbacks(cfg, run_dir),
+        use_distributed_sampler=False,  # our EpochSampler shards by rank itself (see data/sampling.py)
+    )
+    data.check_batch_size(trainer.world_size)
 
-    accumulate = int(cfg.trainer.accumulate_grad_batches)
-    global_batch = data.batch_size * devices * accumulate
-    steps_per_epoch = max(1, len(data.train_set) // (data.batch_size * devices) // accumulate)
+    per_step = data.batch_size * trainer.world_size
+    global_batch = per_step * trainer.accumulate_grad_batches
+    steps_per_epoch = max(1, len(data.train_set) // per_step // trainer.accumulate_grad_batches)
     total_steps = budget(cfg.trainer, steps_per_epoch)
     optim = OptimConfig.from_cfg(OmegaConf.to_container(cfg.optim, resolve=True), global_batch, steps_per_epoch,
                                  total_steps)
@@ -122,18 +122,10 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
 
     ckpt = runs.resolve_resume(cfg.resume, run_dir)
     if ckpt is not None:
-        dropped = runs.trim_metrics(run_dir, runs.checkpoint_step(ckpt))
-        print(f"resuming from {ckpt} (step {runs.checkpoint_step(ckpt)}; {dropped} later metric rows dropped)")
+        step = runs.checkpoint_step(ckpt)
+        dropped = runs.trim_metrics(run_dir, step) if rank_zero else 0
+        print(f"resuming from {ckpt} (step {step}; {dropped} later metric rows dropped)")
 
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_kwargs["precision"] = resolve_precision(trainer_kwargs.get("precision", "auto"))
-    trainer = pl.Trainer(
-        **trainer_kwargs,
-        default_root_dir=str(run_dir),
-        logger=build_loggers(cfg, run_dir, names),
-        callbacks=build_callbacks(cfg, run_dir, global_batch),
-        use_distributed_sampler=False,  # our EpochSampler shards by rank itself (see data/sampling.py)
-    )
     print(f"global batch {global_batch}, lr {optim.lr:.3g}, {total_steps} steps "
           f"({steps_per_epoch} per epoch, {optim.warmup_steps} warm-up), precision {trainer_kwargs['precision']}")
     trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)

@@ -19,9 +19,7 @@ class Pictures(pl.Callback):
     def _fixed_batch(self, trainer: pl.Trainer, device: torch.device) -> dict[str, Any] | None:
         if self._batch is None:
             dm = trainer.datamodule
-            loader = dm.val_dataloader() or dm.train_dataloader()
-            batch = next(iter(loader))
-            batch = {k: v[: self.num_images].to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            batch = {k: v.to(device) for k, v in dm.preview_batch(self.num_images).items()}
             self._batch = dm.normalize(batch)
         return self._batch
 

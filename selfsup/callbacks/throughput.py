@@ -15,10 +15,15 @@ class Throughput(pl.Callback):
     rate, and no synchronisation is added to the step.
     """
 
-    def __init__(self, global_batch: int, every_n_steps: int = 50) -> None:
-        self.global_batch, self.every_n_steps = global_batch, every_n_steps
+    def __init__(self, every_n_steps: int = 50) -> None:
+        self.every_n_steps = every_n_steps
+        self.global_batch = 0
         self._t0: float | None = None
         self._step0 = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        per_device = trainer.datamodule.batch_size if trainer.datamodule is not None else 0
+        self.global_batch = per_device * trainer.world_size * trainer.accumulate_grad_batches
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:

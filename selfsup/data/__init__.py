@@ -1,0 +1,1 @@
+"""Data modules: one LightningDataModule per source, yielding dict batches with named fields."""

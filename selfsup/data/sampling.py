@@ -1,0 +1,104 @@
+"""Sampling that is resumable mid-epoch and identical for any number of processes.
+
+Each epoch's order is a permutation drawn from (seed, epoch). Rank r of W takes every W-th index, so
+batch i of all ranks together is batch i of a single process with W times the batch. The sampler yields
+(epoch, index) pairs, so each sample's augmentation can be keyed by both (see keyed_random).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, Sampler
+
+from selfsup.keyed_random import sample_key
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the current process group, (0, 1) outside one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields (epoch, index) for this rank; `skip_batches` drops the batches a resumed run already trained on."""
+
+    def __init__(self, size: int, batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = True,
+                 rank: int | None = None, world_size: int | None = None) -> None:
+        self.size, self.batch_size, self.seed, self.shuffle, self.drop_last = size, batch_size, seed, shuffle, drop_last
+        self._rank, self._world = rank, world_size
+        self.epoch = 0
+        self.skip_batches = 0
+
+    @property
+    def rank_world(self) -> tuple[int, int]:
+        rank, world_size = world()
+        return (self._rank if self._rank is not None else rank), (self._world or world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at each epoch start; a new epoch forgets a pending resume skip."""
+        if epoch != self.epoch:
+            self.skip_batches = 0
+        self.epoch = epoch
+
+    def resume(self, epoch: int, batches_done: int) -> None:
+        self.epoch, self.skip_batches = epoch, batches_done
+
+    def _indices(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.size, generator=g).tolist()
+
+    def _per_rank(self) -> int:
+        world_size = self.rank_world[1]
+        if not self.drop_last:
+            return -(-self.size // world_size)
+        return self.size // world_size // self.batch_size * self.batch_size
+
+    def _rank_indices(self) -> list[int]:
+        rank, world_size = self.rank_world
+        indices = self._indices()
+        per_rank = self._per_rank()
+        if not self.drop_last:  # pad by wrapping so that every rank has the same number of samples
+            indices += indices[: per_rank * world_size - len(indices)]
+        return indices[rank : per_rank * world_size : world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        for i in self._rank_indices()[self.skip_batches * self.batch_size :]:
+            yield epoch, i
+
+    def __len__(self) -> int:
+        """The whole epoch's length, also while skipping: Lightning counts a resumed epoch's batches from
+        the restored position to this length."""
+        return self._per_rank()
+
+
+class KeyedViews(Dataset):
+    """Wraps a dataset of (image, label) into dict samples: one field per view, `label`, `index` and `key`.
+
+    Each view's random choices are drawn from a generator seeded by the sample's key and the view number,
+    so a sample looks the same whatever worker, rank or resumed run produces it.
+    """
+
+    def __init__(self, base: Dataset, views: dict[str, object], seed: int = 0) -> None:
+        self.base, self.views, self.seed = base, views, seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, item: tuple[int, int] | int) -> dict[str, object]:
+        epoch, index = item if isinstance(item, tuple) else (0, item)
+        image, label = self.base[index]
+        key = sample_key(self.seed, epoch, index)
+        sample: dict[str, object] = {"index": index, "key": key}
+        for view_number, (name, transform) in enumerate(self.views.items()):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(key * 16 + view_number)
+                sample[name] = transform(image)
+        if label is not None:
+            sample["label"] = label
+        return sample

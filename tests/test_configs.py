@@ -45,3 +45,16 @@ def test_experiment_preset_sets_the_paper_recipe():
     assert cfg.backbone.name == "vit_base_patch16_224" and cfg.backbone.patch_size == 16
     assert (cfg.objective.decoder_dim, cfg.objective.decoder_depth) == (512, 8)
     assert cfg.optim.warmup_epochs == 40 and cfg.trainer.max_epochs == 800
+
+
+def test_no_source_or_config_file_is_git_ignored():
+    import shutil
+    import subprocess
+
+    root = CONFIG_DIR.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", "selfsup", "configs",
+                              "train.py", "bench", "tests"], cwd=root, capture_output=True, text=True, check=True).stdout
+    ignored = [line for line in ignored.splitlines() if "__pycache__" not in line]
+    assert not ignored, f"files a clone would miss: {ignored}"

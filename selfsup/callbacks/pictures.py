@@ -6,7 +6,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torchvision.utils import save_image
+
+
+MIN_WIDTH = 384
 
 
 class Pictures(pl.Callback):
@@ -37,7 +41,9 @@ class Pictures(pl.Callback):
         if picture is None:
             return None
         self.folder.mkdir(parents=True, exist_ok=True)
-        save_image(picture.float().cpu(), path)
+        scale = -(-MIN_WIDTH // picture.shape[-1])  # small images (28 px) are enlarged, pixels kept sharp
+        picture = F.interpolate(picture.float().cpu()[None], scale_factor=scale, mode="nearest")[0]
+        save_image(picture, path)
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(key="pictures", images=[str(path)], step=trainer.global_step)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.utils import get_class
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from selfsup.checks import GROUPS, check_modalities, choices
@@ -31,6 +31,9 @@ def test_config_composes(group: str, name: str):
     for piece in ("backbone", "objective", "data"):
         assert get_class(container[piece]["_target_"])
     check_modalities(cfg)
+    if OmegaConf.is_missing(cfg.data, "root"):
+        cfg.data.root = "/some/folder"
+    instantiate(cfg.data, num_workers=0)  # the constructor accepts the config's keys (no data is read)
 
 
 def test_objective_picks_its_defaults_and_command_line_wins():

@@ -20,6 +20,8 @@ CASES = {
                                "global batch 64 (data.batch_size=64 x 1 devices) is larger than the 40 training"),
     "missing image folder": (["data=image_folder", "data.root=/nonexistent/images"],
                              "data.root /nonexistent/images is not a folder"),
+    "missing cifar": (["data=cifar10", "data.root=/nonexistent/cifar"],
+                      "cifar10 not found under /nonexistent/cifar"),
     "resume from nothing": (["resume=/nonexistent/run.ckpt"], "resume=/nonexistent/run.ckpt: no checkpoint at"),
 }
 

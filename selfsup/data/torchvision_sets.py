@@ -20,13 +20,14 @@ class TorchvisionImages(ImageDataModule):
     """A torchvision dataset by name: cifar10, cifar100 or stl10 (STL-10 pretrains on its unlabeled split)."""
 
     def __init__(self, dataset: str = "cifar10", root: str = "data", download: bool = False,
-                 image_size: int | None = None, stl10_train_split: str = "train+unlabeled", **kwargs) -> None:
+                 image_size: int | None = None, channels: int = 3, stl10_train_split: str = "train+unlabeled",
+                 **kwargs) -> None:
         if dataset not in CIFAR_STATS:
             raise ConfigError(f"unknown torchvision dataset '{dataset}'; choose one of {sorted(CIFAR_STATS)}")
         mean, std = CIFAR_STATS[dataset]
         kwargs.setdefault("mean", mean)
         kwargs.setdefault("std", std)
-        super().__init__(image_size=image_size or (96 if dataset == "stl10" else 32), channels=3, **kwargs)
+        super().__init__(image_size=image_size or (96 if dataset == "stl10" else 32), channels=channels, **kwargs)
         self.dataset, self.root, self.download, self.stl10_train_split = dataset, Path(root), download, stl10_train_split
         self.name = dataset
 

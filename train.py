@@ -21,11 +21,14 @@ def fail(error: SelfsupError) -> None:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from selfsup.train import run
 
     hc = HydraConfig.get()
     names = {group: hc.runtime.choices.get(group) for group in ("objective", "backbone", "data")}
+    if hc.mode == RunMode.MULTIRUN:
+        names["sweep"] = Path(hc.sweep.dir).name
     try:
         run(cfg, Path(hc.runtime.output_dir), names)
     except SelfsupError as e:

@@ -32,8 +32,9 @@ class AppendingWriter(ExperimentWriter):
 
 
 class RunCSVLogger(CSVLogger):
-    """Writes RUN/metrics.csv directly in the run folder, appending across resumes."""
+    """Writes RUN/metrics.csv directly in the run folder, appending across resumes, at every logging step
+    (Lightning buffers 100 rows by default, which a killed job would lose)."""
 
     def __init__(self, run_dir: str) -> None:
-        super().__init__(save_dir=run_dir, name="", version="")
+        super().__init__(save_dir=run_dir, name="", version="", flush_logs_every_n_steps=1)
         self._experiment = AppendingWriter(self.log_dir)

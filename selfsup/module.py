@@ -52,7 +52,7 @@ class PretrainModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self.objective(self.backbone, batch)
         n = batch_size_of(batch)
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=n)
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=n, sync_dist=True)  # the global batch's loss
         for name, value in out.metrics.items():
             self.log(f"train/{name}", value, batch_size=n)
         return out.loss

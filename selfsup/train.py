@@ -1,6 +1,8 @@
 """Build a run from a composed config and train it: what `python train.py` calls."""
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,9 @@ from lightning_fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from selfsup import runs
+from selfsup.callbacks.checkpoint import RunCheckpoint
 from selfsup.callbacks.pictures import Pictures
+from selfsup.callbacks.preemption import Preemption
 from selfsup.callbacks.throughput import Throughput
 from selfsup.checks import check_modalities
 from selfsup.csv_logger import RunCSVLogger
@@ -42,6 +46,13 @@ def resolve_precision(precision: str) -> str:
     return "32-true"
 
 
+def cluster_plugins() -> list[Any]:
+    """Under SLURM, Lightning's SLURM environment does the rendezvous; preemption is ours (callbacks/preemption.py)."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
 def build_loggers(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> list[Any]:
     loggers: list[Any] = []
     if cfg.logger.csv:
@@ -50,8 +61,9 @@ def build_loggers(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> list
     if wb.mode != "disabled":
         from pytorch_lightning.loggers import WandbLogger
 
-        tags = list(wb.tags or []) + [f"{k}:{v}" for k, v in names.items()]
-        loggers.append(WandbLogger(project=wb.project, group=wb.group or names["objective"], tags=tags,
+        tags = list(wb.tags or []) + [f"{k}:{v}" for k, v in names.items() if k != "sweep"]
+        group = wb.group or names.get("sweep") or names["objective"]  # a sweep's runs share one group
+        loggers.append(WandbLogger(project=wb.project, group=group, tags=tags,
                                    mode=wb.mode, save_dir=str(run_dir), name=run_dir.name,
                                    config=OmegaConf.to_container(cfg, resolve=True)))
     if cfg.logger.tensorboard:
@@ -62,16 +74,18 @@ def build_loggers(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> list
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+    from pytorch_lightning.callbacks import LearningRateMonitor, TQDMProgressBar
 
     ck = cfg.checkpoint
-    periodic = ModelCheckpoint(dirpath=runs.checkpoint_dir(run_dir), filename="step_{step:07d}",
+    periodic = RunCheckpoint(dirpath=runs.checkpoint_dir(run_dir), filename="step_{step:07d}",
                                auto_insert_metric_name=False, every_n_train_steps=ck.every_n_steps or None,
                                every_n_epochs=None if ck.every_n_steps else ck.every_n_epochs,
                                save_top_k=-1, save_last=True, enable_version_counter=False)
     log_every = cfg.trainer.log_every_n_steps
     return [
         periodic,
+        Preemption(periodic, runs.checkpoint_dir(run_dir) / runs.LAST, requeue=cfg.preemption.requeue,
+                   check_every_n_steps=cfg.preemption.check_every_n_steps),
         Throughput(every_n_steps=log_every),
         Pictures(run_dir / "pictures", every_n_epochs=cfg.pictures_every_n_epochs),
         LearningRateMonitor(logging_interval="step"),
@@ -90,6 +104,9 @@ def budget(trainer_cfg: DictConfig, steps_per_epoch: int) -> int:
 
 def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule:
     """Check, build and train; returns the trained module."""
+    # Our data modules restore their position mid-epoch through state_dict (data/base.py), which this
+    # Lightning warning does not look for.
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     check_modalities(cfg)
     rank_zero = rank_zero_only.rank == 0  # from the launcher's environment, valid before DDP starts
     if rank_zero:
@@ -109,6 +126,7 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
         logger=build_loggers(cfg, run_dir, names),
         callbacks=build_callbacks(cfg, run_dir),
         use_distributed_sampler=False,  # our EpochSampler shards by rank itself (see data/sampling.py)
+        plugins=cluster_plugins(),
     )
     data.check_batch_size(trainer.world_size)
 
@@ -128,6 +146,7 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
 
     print(f"global batch {global_batch}, lr {optim.lr:.3g}, {total_steps} steps "
           f"({steps_per_epoch} per epoch, {optim.warmup_steps} warm-up), precision {trainer_kwargs['precision']}")
+    if trainer.world_size > 1 or os.environ.get("SLURM_JOB_ID"):
+        print(f"process {rank_zero_only.rank} of world size {trainer.world_size}", flush=True)
     trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
-    trainer.save_checkpoint(runs.checkpoint_dir(run_dir) / runs.LAST)  # the final state, whatever the period
     return module

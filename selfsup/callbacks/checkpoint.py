@@ -1,0 +1,37 @@
+"""The run's checkpoints: Lightning's ModelCheckpoint, plus last.ckpt at the final step whatever the period,
+and frozen once the run is preempted.
+
+After a preemption the loop closes the unfinished epoch; a checkpoint written then would record the epoch
+as complete and the resumed run would skip the rest of its data. Freezing keeps the preemption checkpoint.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+
+class RunCheckpoint(ModelCheckpoint):
+    frozen = False
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
+        if not self.frozen:
+            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.frozen:
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.frozen:
+            super().on_validation_end(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Leave last.ckpt at the step training ended on (not the last periodic one), unless preempted."""
+        if not self.frozen:
+            trainer.save_checkpoint(Path(self.dirpath) / (self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION))

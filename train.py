@@ -7,14 +7,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from selfsup.checks import check_command_line
-from selfsup.errors import SelfsupError
+from selfsup.checks import check_command_line, check_run_dir_argument
+from selfsup.errors import SelfsupError, one_line
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def fail(error: SelfsupError) -> None:
-    print(f"error: {error}", file=sys.stderr)
+    print(f"error: {one_line(error)}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -38,6 +38,7 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     try:
         check_command_line(sys.argv[1:], CONFIG_DIR)
+        check_run_dir_argument(sys.argv[1:])  # before Hydra creates the folder
     except SelfsupError as e:
         fail(e)
     main()

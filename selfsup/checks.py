@@ -53,3 +53,12 @@ def check_modalities(cfg: Any) -> None:
                 f"objective {target_attr(cfg.objective, '__name__')} needs {wanted} {group}, but the chosen {group} "
                 f"is {have}; pick an {wanted} {group} (or drop the {group}= override to use the objective's default)"
             )
+
+
+def check_run_dir_argument(argv: Sequence[str]) -> None:
+    """A `run_dir=PATH` on the command line must be writable (Hydra creates it before any of our code runs)."""
+    from selfsup.runs import prepare_run_dir
+
+    for arg in argv:
+        if arg.startswith("run_dir="):
+            prepare_run_dir(Path(arg.split("=", 1)[1]).expanduser(), min_free_gb=0.0)

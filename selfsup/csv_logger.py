@@ -16,6 +16,14 @@ class AppendingWriter(ExperimentWriter):
             with open(self.metrics_file_path, newline="") as f:
                 self.metrics_keys = sorted(next(csv.reader(f), []))
 
+    def log_metrics(self, metrics_dict: dict[str, float], step: int | None = None) -> None:
+        """Record a row, unless it repeats the previous one exactly (see callbacks/checkpoint.py)."""
+        row = (step, {k: float(v) for k, v in metrics_dict.items()})
+        if row == getattr(self, "_last_row", None):
+            return
+        self._last_row = row
+        super().log_metrics(metrics_dict, step)
+
     def _check_log_dir_exists(self) -> None:
         """Keep the existing file: a resumed run appends to it."""
 

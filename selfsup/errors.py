@@ -11,3 +11,16 @@ class ConfigError(SelfsupError, ValueError):
 
 class DataError(SelfsupError):
     """Data that is missing, empty or unreadable."""
+
+
+class NonFiniteLoss(SelfsupError):
+    """The loss (or a weight) became NaN or infinite."""
+
+
+def one_line(error: BaseException) -> str:
+    """The error's own message on one line, also when a DataLoader worker wrapped it in a traceback."""
+    text = str(error).strip()
+    if "Original Traceback" in text:  # torch.utils.data re-raises worker errors with the traceback as message
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from selfsup.errors import ConfigError, NonFiniteLoss
 from selfsup.objectives.base import Objective
 from selfsup.optim import build_optimizer, param_groups, scaled_lr, warmup_cosine
 
@@ -38,24 +39,104 @@ class OptimConfig:
                    betas=tuple(cfg.get("betas", (0.9, 0.999))), momentum=cfg.get("momentum", 0.9))
 
 
+def non_finite_terms(terms: dict[str, torch.Tensor]) -> list[str]:
+    return [name for name, value in terms.items() if not bool(torch.isfinite(value.detach()).all())]
+
+
 def batch_size_of(batch: dict[str, Any]) -> int:
     return len(batch["key"]) if "key" in batch else len(next(iter(batch.values())))
 
 
+NONFINITE_POLICIES = ("stop", "skip")
+
+
 class PretrainModule(pl.LightningModule):
-    def __init__(self, backbone: nn.Module, objective: Objective, optim: OptimConfig, compile: bool = False) -> None:
+    """Backbone + objective + optimizer. Non-finite losses follow `nonfinite`:
+
+    - `stop` (default): the run ends with a NonFiniteLoss naming the step and the term. The check costs no
+      device sync: each step's finiteness is copied to the host asynchronously and read a step or two later,
+      and before any checkpoint is written (which also checks the weights), so no NaN reaches a checkpoint.
+    - `skip`: a step whose loss is not finite is dropped (no backward, no update) and counted in
+      `train/skipped_steps`; more than `max_consecutive_skips` in a row stop the run. This checks on the host
+      every step (one sync per step).
+    """
+
+    def __init__(self, backbone: nn.Module, objective: Objective, optim: OptimConfig, compile: bool = False,
+                 nonfinite: str = "stop", max_consecutive_skips: int = 10) -> None:
         super().__init__()
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError(f"trainer.nonfinite must be one of {NONFINITE_POLICIES}, got '{nonfinite}'")
         self.backbone, self.objective, self.optim = backbone, objective, optim
+        self.nonfinite, self.max_consecutive_skips = nonfinite, max_consecutive_skips
+        self.skipped_steps, self._consecutive_skips = 0, 0
+        self._pending: list[tuple[int, list[str], torch.Tensor, Any]] = []
+        self.register_buffer("skipped_samples", torch.zeros((), dtype=torch.long), persistent=False)
         if compile:  # in place, so parameter names (and checkpoints) are the same with and without it
             self.objective.compile()
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         out = self.objective(self.backbone, batch)
+        terms = {"loss": out.loss, **out.metrics}
+        if self.nonfinite == "skip":
+            if not self._loss_is_finite(out.loss):
+                return self._skip_step(terms)
+            self._consecutive_skips = 0
+            self.log("train/skipped_steps", float(self.skipped_steps))
+        else:
+            self._watch(terms)
         n = batch_size_of(batch)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=n, sync_dist=True)  # the global batch's loss
         for name, value in out.metrics.items():
             self.log(f"train/{name}", value, batch_size=n)
+        if "skipped" in batch:  # unreadable samples the data module replaced (data.on_error=skip)
+            self.skipped_samples += batch["skipped"].sum()
+            self.log("data/skipped_samples", self.skipped_samples.float(), reduce_fx="max")
         return out.loss
+
+    # -- non-finite losses ---------------------------------------------------------------------------------
+    def _loss_is_finite(self, loss: torch.Tensor) -> bool:
+        finite = bool(torch.isfinite(loss.detach()))
+        return self.trainer.strategy.reduce_boolean_decision(finite, all=True) if self._trainer else finite
+
+    def _skip_step(self, terms: dict[str, torch.Tensor]) -> None:
+        self.skipped_steps += 1
+        self._consecutive_skips += 1
+        if self._consecutive_skips > self.max_consecutive_skips:
+            raise NonFiniteLoss(f"{self._consecutive_skips} consecutive steps had a non-finite loss (last at step "
+                                f"{self.global_step}, terms: {', '.join(non_finite_terms(terms))})")
+        return None
+
+    def _watch(self, terms: dict[str, torch.Tensor]) -> None:
+        flags = torch.stack([torch.isfinite(t.detach()).all() for t in terms.values()])
+        event = None
+        if flags.is_cuda:
+            host = torch.empty(flags.shape, dtype=torch.bool, pin_memory=True)
+            host.copy_(flags, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            flags = host
+        self._pending.append((self.global_step, list(terms), flags, event))
+        self._check_pending(block=False)
+
+    def _check_pending(self, block: bool) -> None:
+        while self._pending:
+            step, names, flags, event = self._pending[0]
+            if event is not None and not event.query():
+                if not block:
+                    return
+                event.synchronize()
+            self._pending.pop(0)
+            if not bool(flags.all()):
+                bad = [name for name, ok in zip(names, flags.tolist()) if not ok]
+                raise NonFiniteLoss(f"non-finite {', '.join(bad)} at step {step}; the run stopped")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Never write NaN/Inf weights: settle pending loss checks and check the weights themselves."""
+        self._check_pending(block=True)
+        bad = [name for name, p in self.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise NonFiniteLoss(f"non-finite weights ({', '.join(bad[:3])}) at step {self.global_step}; "
+                                "the run stopped without writing them")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self.objective(self.backbone, batch)

@@ -20,7 +20,8 @@ from selfsup.callbacks.preemption import Preemption
 from selfsup.callbacks.throughput import Throughput
 from selfsup.checks import check_modalities
 from selfsup.csv_logger import RunCSVLogger
-from selfsup.errors import ConfigError, SelfsupError
+from selfsup.checkpoint_io import AtomicCheckpointIO
+from selfsup.errors import ConfigError, NonFiniteLoss, SelfsupError
 from selfsup.module import OptimConfig, PretrainModule
 
 
@@ -109,10 +110,15 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     check_modalities(cfg)
     rank_zero = rank_zero_only.rank == 0  # from the launcher's environment, valid before DDP starts
+    resume = runs.resolve_resume(cfg.resume, run_dir)  # (checkpoint, step): the newest that loads
     if rank_zero:
-        print(OmegaConf.to_yaml(cfg, resolve=True))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        runs.prepare_run_dir(run_dir, cfg.min_free_gb)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        if resume is not None:
+            runs.check_resume_config(run_dir, resolved)
+        print(OmegaConf.to_yaml(resolved))
+        OmegaConf.save(resolved, run_dir / runs.CONFIG)
+        runs.record_run_info(run_dir, resumed_from=str(resume[0]) if resume else None)
     pl.seed_everything(cfg.seed, workers=True)
 
     backbone = build(cfg.backbone)
@@ -120,15 +126,17 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
     data = build(cfg.data, views=objective.views, seed=cfg.seed, _convert_="all")
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs.get("precision", "auto"))
+    nonfinite = trainer_kwargs.pop("nonfinite", "stop")
+    max_consecutive_skips = trainer_kwargs.pop("nonfinite_max_consecutive_skips", 10)
     trainer = pl.Trainer(
         **trainer_kwargs,
         default_root_dir=str(run_dir),
         logger=build_loggers(cfg, run_dir, names),
         callbacks=build_callbacks(cfg, run_dir),
         use_distributed_sampler=False,  # our EpochSampler shards by rank itself (see data/sampling.py)
-        plugins=cluster_plugins(),
+        plugins=[AtomicCheckpointIO(), *cluster_plugins()],
     )
-    data.check_batch_size(trainer.world_size)
+    data.check_before_training(trainer.world_size)
 
     per_step = data.batch_size * trainer.world_size
     global_batch = per_step * trainer.accumulate_grad_batches
@@ -136,17 +144,21 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
     total_steps = budget(cfg.trainer, steps_per_epoch)
     optim = OptimConfig.from_cfg(OmegaConf.to_container(cfg.optim, resolve=True), global_batch, steps_per_epoch,
                                  total_steps)
-    module = PretrainModule(backbone, objective, optim, compile=cfg.compile)
+    module = PretrainModule(backbone, objective, optim, compile=cfg.compile, nonfinite=nonfinite,
+                            max_consecutive_skips=max_consecutive_skips)
 
-    ckpt = runs.resolve_resume(cfg.resume, run_dir)
-    if ckpt is not None:
-        step = runs.checkpoint_step(ckpt)
-        dropped = runs.trim_metrics(run_dir, step) if rank_zero else 0
-        print(f"resuming from {ckpt} (step {step}; {dropped} later metric rows dropped)")
+    if resume is not None:
+        dropped = runs.trim_metrics(run_dir, resume[1]) if rank_zero else 0
+        print(f"resuming from {resume[0]} (step {resume[1]}; {dropped} later metric rows dropped)")
 
     print(f"global batch {global_batch}, lr {optim.lr:.3g}, {total_steps} steps "
           f"({steps_per_epoch} per epoch, {optim.warmup_steps} warm-up), precision {trainer_kwargs['precision']}")
     if trainer.world_size > 1 or os.environ.get("SLURM_JOB_ID"):
         print(f"process {rank_zero_only.rank} of world size {trainer.world_size}", flush=True)
-    trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume[0]) if resume else None)
+    except NonFiniteLoss as e:
+        last = runs.newest_loadable(runs.checkpoint_dir(run_dir))
+        where = f"last good checkpoint: {last[0]} (step {last[1]}); resume with resume=auto" if last else "no checkpoint yet"
+        raise NonFiniteLoss(f"{e}; {where}") from None
     return module

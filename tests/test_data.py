@@ -62,7 +62,7 @@ def test_batches_are_normalized_on_the_device():
     dm = Synthetic(num_samples=64, num_workers=0, batch_size=8)
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].dtype == torch.uint8 and set(batch) == {"image", "label", "index", "key"}
+    assert batch["image"].dtype == torch.uint8 and set(batch) == {"image", "label", "index", "key", "skipped"}
     out = dm.normalize(dict(batch))
     expected = (batch["image"].float() / 255 - 0.5) / 0.25
     torch.testing.assert_close(out["image"], expected)

@@ -20,8 +20,13 @@ class RunCheckpoint(ModelCheckpoint):
         self.frozen = True
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
-        if not self.frozen:
-            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        if self.frozen:
+            return
+        # Lightning writes this step's metrics only after these callbacks: write them first, so a kill during
+        # the checkpoint below cannot lose the row of a step the checkpoint includes (the CSV logger drops the
+        # repeat that Lightning then sends).
+        trainer._logger_connector.update_train_step_metrics()
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.frozen:

@@ -50,7 +50,7 @@ class ImageDataModule(pl.LightningDataModule):
     def __init__(self, batch_size: int = 256, image_size: int = 224, channels: int = 3,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  num_workers: int | str = "auto", seed: int = 0, val_batch_size: int | None = None,
-                 views: list[dict[str, Any]] | None = None, pin_memory: bool = True) -> None:
+                 views: list[dict[str, Any]] | None = None, pin_memory: bool = True, on_error: str = "skip") -> None:
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be positive, got {batch_size}")
@@ -59,6 +59,9 @@ class ImageDataModule(pl.LightningDataModule):
         self.std = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
         if len(mean) != channels or len(std) != channels:
             raise ConfigError(f"data.mean and data.std need {channels} values (data.channels), got {len(mean)}, {len(std)}")
+        if on_error not in ("skip", "raise"):
+            raise ConfigError(f"data.on_error must be 'skip' or 'raise', got '{on_error}'")
+        self.on_error = on_error
         self.num_workers = default_workers() if num_workers == "auto" else int(num_workers)
         self.seed, self.val_batch_size, self.pin_memory = seed, val_batch_size or batch_size, pin_memory
         self.view_specs = [dict(v) for v in (views or [{"key": "image"}])]
@@ -79,13 +82,21 @@ class ImageDataModule(pl.LightningDataModule):
         if len(train) == 0:
             raise DataError(f"{self.name}: the training split is empty")
         views = {spec["key"]: build_view(spec, self.image_size) for spec in self.view_specs}
-        self.train_set = KeyedViews(train, views, self.seed)
+        self.train_set = KeyedViews(train, views, self.seed, self.on_error, self.source)
         if val is not None and len(val) > 0:
-            self.val_set = KeyedViews(val, {key: eval_view(self.image_size) for key in views}, self.seed)
+            self.val_set = KeyedViews(val, {key: eval_view(self.image_size) for key in views}, self.seed,
+                                      self.on_error, self.source)
 
-    def check_batch_size(self, devices: int = 1) -> None:
-        """Fail early when one global batch needs more samples than the training split has."""
+    @property
+    def source(self) -> str:
+        """Where the data comes from, for messages."""
+        root = getattr(self, "root", None)
+        return f"{self.name} ({root})" if root else self.name
+
+    def check_before_training(self, devices: int = 1) -> None:
+        """Fail early: a source with no readable sample, or a global batch larger than the training split."""
         self.setup()
+        self.train_set[(0, 0)]  # raises DataError (naming the source) when no sample can be read
         need = self.batch_size * devices
         if need > len(self.train_set):
             raise ConfigError(

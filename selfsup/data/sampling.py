@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
+from selfsup.errors import DataError
 from selfsup.keyed_random import sample_key
 
 
@@ -77,24 +78,51 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return self._per_rank()
 
 
+READ_ERRORS = (OSError, ValueError, SyntaxError)  # PIL: truncated, empty or non-image files
+MAX_SUBSTITUTES = 64
+
+
+def describe(dataset: Dataset, index: int) -> str:
+    """A sample's file path where the dataset knows it (ImageFolder), else its index."""
+    samples = getattr(dataset, "samples", None)
+    return str(samples[index][0]) if samples is not None else f"sample {index}"
+
+
 class KeyedViews(Dataset):
-    """Wraps a dataset of (image, label) into dict samples: one field per view, `label`, `index` and `key`.
+    """Wraps a dataset of (image, label) into dict samples: one field per view, `label`, `index`, `key`, `skipped`.
 
     Each view's random choices are drawn from a generator seeded by the sample's key and the view number,
-    so a sample looks the same whatever worker, rank or resumed run produces it.
+    so a sample looks the same whatever worker, rank or resumed run produces it. An unreadable sample is, with
+    on_error="skip", replaced by the next readable one and counted in `skipped` (the batch keeps its size);
+    with on_error="raise" it stops the run with a DataError naming the file.
     """
 
-    def __init__(self, base: Dataset, views: dict[str, object], seed: int = 0) -> None:
-        self.base, self.views, self.seed = base, views, seed
+    def __init__(self, base: Dataset, views: dict[str, object], seed: int = 0, on_error: str = "skip",
+                 source: str = "the dataset") -> None:
+        self.base, self.views, self.seed, self.on_error, self.source = base, views, seed, on_error, source
 
     def __len__(self) -> int:
         return len(self.base)
 
+    def _read(self, index: int) -> tuple[object, object, int]:
+        """(image, label, number of unreadable samples passed over) for `index` or the next readable one."""
+        for skipped in range(min(MAX_SUBSTITUTES, len(self.base))):
+            j = (index + skipped) % len(self.base)
+            try:
+                image, label = self.base[j]
+                return image, label, skipped
+            except READ_ERRORS as e:
+                if self.on_error == "raise":
+                    raise DataError(f"cannot read {describe(self.base, j)}: {e}; fix or remove it, "
+                                    "or set data.on_error=skip") from None
+        raise DataError(f"no readable sample in {self.source} (tried {min(MAX_SUBSTITUTES, len(self.base))} files "
+                        f"from {describe(self.base, index)} on); check the files there")
+
     def __getitem__(self, item: tuple[int, int] | int) -> dict[str, object]:
         epoch, index = item if isinstance(item, tuple) else (0, item)
-        image, label = self.base[index]
+        image, label, skipped = self._read(index)
         key = sample_key(self.seed, epoch, index)
-        sample: dict[str, object] = {"index": index, "key": key}
+        sample: dict[str, object] = {"index": index, "key": key, "skipped": skipped}
         for view_number, (name, transform) in enumerate(self.views.items()):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(key * 16 + view_number)

@@ -133,8 +133,10 @@ class PretrainModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Never write NaN/Inf weights: settle pending loss checks and check the weights themselves."""
         self._check_pending(block=True)
-        bad = [name for name, p in self.named_parameters() if not bool(torch.isfinite(p).all())]
-        if bad:
+        params = dict(self.named_parameters())
+        finite = torch.stack([torch.isfinite(p).all() for p in params.values()])
+        if not bool(finite.all()):  # one device sync for all weights
+            bad = [name for name, ok in zip(params, finite.tolist()) if not ok]
             raise NonFiniteLoss(f"non-finite weights ({', '.join(bad[:3])}) at step {self.global_step}; "
                                 "the run stopped without writing them")
 

@@ -27,7 +27,6 @@ CONFIG = "config.yaml"
 RUN_INFO = "run_info.jsonl"
 # Config keys whose change would make a checkpoint mean something else: refused on resume.
 IDENTITY_KEYS = ("backbone", "objective", "data._target_", "data.image_size", "data.channels")
-LAST = "last.ckpt"
 METRICS = "metrics.csv"
 
 

@@ -85,7 +85,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
     log_every = cfg.trainer.log_every_n_steps
     return [
         periodic,
-        Preemption(periodic, runs.checkpoint_dir(run_dir) / runs.LAST, requeue=cfg.preemption.requeue,
+        Preemption(periodic, requeue=cfg.preemption.requeue,
                    check_every_n_steps=cfg.preemption.check_every_n_steps),
         Throughput(every_n_steps=log_every),
         Pictures(run_dir / "pictures", every_n_epochs=cfg.pictures_every_n_epochs),

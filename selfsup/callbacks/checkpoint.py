@@ -16,6 +16,10 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 class RunCheckpoint(ModelCheckpoint):
     frozen = False
 
+    @property
+    def last_path(self) -> Path:
+        return Path(self.dirpath) / (self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+
     def freeze(self) -> None:
         self.frozen = True
 
@@ -39,4 +43,4 @@ class RunCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Leave last.ckpt at the step training ended on (not the last periodic one), unless preempted."""
         if not self.frozen:
-            trainer.save_checkpoint(Path(self.dirpath) / (self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION))
+            trainer.save_checkpoint(self.last_path)

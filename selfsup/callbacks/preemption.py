@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -22,13 +21,12 @@ SIGNALS = ("SIGUSR1", "SIGTERM")
 
 
 class Preemption(pl.Callback):
-    def __init__(self, checkpoint: RunCheckpoint, checkpoint_path: str | Path, signals: tuple[str, ...] = SIGNALS,
-                 requeue: bool = True, check_every_n_steps: int = 1) -> None:
-        self.checkpoint, self.checkpoint_path, self.requeue = checkpoint, Path(checkpoint_path), requeue
+    def __init__(self, checkpoint: RunCheckpoint, signals: tuple[str, ...] = SIGNALS, requeue: bool = True,
+                 check_every_n_steps: int = 1) -> None:
+        self.checkpoint, self.requeue = checkpoint, requeue
         self.signals = [getattr(signal, name) for name in signals]
         self.check_every_n_steps = max(1, check_every_n_steps)
         self.received: int | None = None
-        self.preempted = False
         self._previous: dict[int, Any] = {}
 
     def _flag(self, signum: int, frame: Any) -> None:
@@ -43,7 +41,7 @@ class Preemption(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        if self.preempted:
+        if self.checkpoint.frozen:  # already preempted
             return
         stop = self.received is not None
         if trainer.world_size > 1:  # every rank must stop at the same step: agree every N steps
@@ -52,10 +50,10 @@ class Preemption(pl.Callback):
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if not stop:
             return
-        self.preempted = True
         name = signal.Signals(self.received).name if self.received else "a signal on another rank"
-        rank_zero_info(f"preemption: {name} received; saving {self.checkpoint_path} at step {trainer.global_step}")
-        trainer.save_checkpoint(self.checkpoint_path)
+        path = self.checkpoint.last_path
+        rank_zero_info(f"preemption: {name} received; saving {path} at step {trainer.global_step}")
+        trainer.save_checkpoint(path)
         self.checkpoint.freeze()  # no later write may replace this one (see callbacks/checkpoint.py)
         if self.requeue and trainer.is_global_zero:
             requeue_slurm_job()

@@ -150,9 +150,6 @@ class ImageDataModule(pl.LightningDataModule):
                 batch[spec["key"]] = (images.float() / 255.0 - mean) / std
         return batch
 
-    def denormalize(self, images: torch.Tensor) -> torch.Tensor:
-        return images * self.std.to(images.device) + self.mean.to(images.device)
-
     # -- exact resume: Lightning saves and restores these with each checkpoint ---------------------------------
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self._count_epoch, "batches_done": self._batches_done}

@@ -2,6 +2,12 @@
 
     python bench/throughput.py objective=mae backbone=vit_base data.image_size=224 data.batch_size=256 \
         objective.decoder_dim=512 objective.decoder_depth=8 objective.decoder_heads=16 [compile=true]
+    python bench/throughput.py objective=simclr backbone=resnet50 data=synthetic data.image_size=224 \
+        data.batch_size=256 data.augment_on=gpu     # the step including GPU augmentation of uint8 images
+
+With `data.augment_on=gpu` the timed step starts from uint8 images and makes the objective's views on the
+device (what training does); otherwise the views are made in advance (the GPU step alone). PIPELINE=1 times
+whole training iterations fed by the configured data module's loader (CPU decoding, transfer, augmentation).
 
 Prints one JSON line: samples/s, step time (median of timed steps, each between device syncs), model
 FLOPs per step (torch.utils.flop_counter: matmuls, convolutions, attention; forward and backward), MFU
@@ -46,9 +52,23 @@ def device_peak(device: torch.device) -> float | None:
 
 
 def synthetic_batch(cfg, batch_size: int, device: torch.device, views: list[dict]) -> dict:
-    """Normalised random images for every view the objective declares, plus sample keys."""
-    size, channels = cfg.data.image_size, cfg.data.channels
+    """Normalised random images for every view the objective declares, plus sample keys; for a text objective,
+    full-length token sequences [CLS] random ordinary tokens [SEP] (the layout of selfsup's own tokenizers)."""
     batch = {"key": torch.arange(batch_size, device=device), "index": torch.arange(batch_size, device=device)}
+    from selfsup.checks import target_attr
+
+    if target_attr(cfg.objective, "modality") == "text":
+        from selfsup.data.tokenizer import TokenizerInfo
+
+        info, length = TokenizerInfo.default(int(cfg.backbone.vocab_size)), int(cfg.data.max_length)
+        ids = torch.randint(max(info.special_ids) + 1, info.vocab_size, (batch_size, length), device=device)
+        ids[:, 0], ids[:, -1] = info.cls_id, info.sep_id
+        batch.update(input_ids=ids)  # packed blocks: no padding, so no attention mask (as the data module)
+        if cfg.objective.get("next_sentence"):
+            batch.update(token_type_ids=(torch.arange(length, device=device) >= length // 2).long().expand_as(ids),
+                         next_sentence_label=torch.randint(0, 2, (batch_size,), device=device))
+        return batch
+    size, channels = cfg.data.image_size, cfg.data.channels
     for spec in views or [{"key": "image"}]:
         batch[spec["key"]] = torch.randn(batch_size, channels, size, size, device=device)
     return batch
@@ -74,14 +94,32 @@ def main(overrides: list[str]) -> dict:
     optim = OptimConfig.from_cfg(OmegaConf.to_container(cfg.optim, resolve=True), batch_size, 1000, 10_000)
     module = PretrainModule(backbone, objective, optim, compile=cfg.compile).to(device)
     optimizer = module.configure_optimizers()["optimizer"]
-    batches = [synthetic_batch(cfg, batch_size, device, objective.views) for _ in range(2)]
+    if device.type == "cuda":
+        module.to(memory_format=torch.channels_last)
+    data = instantiate(cfg.data, views=objective.views, seed=cfg.seed, _convert_="all")
+    on_device = getattr(data, "augment_on", "cpu") == "gpu" or os.environ.get("PIPELINE") == "1"
+    if os.environ.get("PIPELINE") == "1":
+        if hasattr(objective, "bind_data"):  # e.g. MLM: the token ids of the data module's tokenizer
+            objective.bind_data(data)
+        loader = iter(data.train_dataloader())
+        next_batch = lambda: {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v  # noqa: E731
+                              for k, v in next(loader).items()}
+    elif on_device:  # uint8 images as the workers hand them over
+        size, channels = cfg.data.image_size, cfg.data.channels
+        batches = [{"source": torch.randint(0, 256, (batch_size, channels, size, size), dtype=torch.uint8, device=device),
+                    "key": torch.arange(batch_size, device=device) + i * batch_size} for i in range(2)]
+        next_batch = lambda: dict(batches[counter["i"] % 2])  # noqa: E731
+    else:
+        batches = [synthetic_batch(cfg, batch_size, device, objective.views) for _ in range(2)]
+        next_batch = lambda: batches[counter["i"] % 2]  # noqa: E731
     use_bf16 = device.type == "cuda"
     counter = {"i": 0}
 
     def step() -> None:
         counter["i"] += 1
+        batch = data.on_device(next_batch()) if on_device else next_batch()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = module.objective(module.backbone, batches[counter["i"] % 2]).loss
+            loss = module.objective(module.backbone, batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -96,7 +134,8 @@ def main(overrides: list[str]) -> dict:
         eager_objective = instantiate(cfg.objective, backbone=eager_backbone, _convert_="all")
         eager = PretrainModule(eager_backbone, eager_objective, optim).to(device)
         with FlopCounterMode(display=False) as fc, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            eager.objective(eager.backbone, batches[0]).loss.backward()
+            batch = data.on_device(next_batch()) if on_device else next_batch()
+            eager.objective(eager.backbone, batch).loss.backward()
         del eager
     else:
         with FlopCounterMode(display=False) as fc:
@@ -114,7 +153,7 @@ def main(overrides: list[str]) -> dict:
     dt = statistics.median(times)
     peak = device_peak(device)
     row = {
-        "config": " ".join(overrides), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "config": " ".join(overrides), "pipeline": os.environ.get("PIPELINE") == "1", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "batch": batch_size, "samples_per_s": round(batch_size / dt, 1),
         "step_ms": round(dt * 1e3, 2), "gflop_per_step": round(flops / 1e9, 1),
         "tflops": round(flops / dt / 1e12, 2), "mfu": round(flops / dt / peak, 4) if peak else None,

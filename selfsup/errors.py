@@ -1,4 +1,7 @@
 """Errors a user can fix. Entry points print them as one line and exit non-zero, without a traceback."""
+from __future__ import annotations
+
+from typing import Callable
 
 
 class SelfsupError(Exception):
@@ -24,3 +27,15 @@ def one_line(error: BaseException) -> str:
         last = text.splitlines()[-1]
         text = last.split(": ", 1)[1] if ": " in last else last
     return " ".join(text.split())
+
+
+def exit_code(command: Callable[[], object]) -> int:
+    """Run a command line tool's work: 0, or 2 after printing a SelfsupError as `error: <one line>` on stderr."""
+    import sys
+
+    try:
+        command()
+    except SelfsupError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    return 0

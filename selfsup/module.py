@@ -10,7 +10,7 @@ from torch import nn
 
 from selfsup.errors import ConfigError, NonFiniteLoss
 from selfsup.objectives.base import Objective
-from selfsup.optim import build_optimizer, param_groups, scaled_lr, warmup_cosine
+from selfsup.optim import build_optimizer, check_optimizer_name, param_groups, scaled_lr, warmup_cosine
 
 
 @dataclass
@@ -25,6 +25,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = 0.9
+    trust_coefficient: float = 0.001
 
     @classmethod
     def from_cfg(cls, cfg: dict[str, Any], global_batch: int, steps_per_epoch: int, total_steps: int) -> "OptimConfig":
@@ -34,9 +35,11 @@ class OptimConfig:
         else:
             warmup = round(cfg.get("warmup_fraction", 0.0) * total_steps)
         min_lr = cfg.get("min_lr", 0.0)
+        check_optimizer_name(cfg.get("name", "adamw"))
         return cls(name=cfg.get("name", "adamw"), lr=lr, weight_decay=cfg.get("weight_decay", 0.0),
                    warmup_steps=min(warmup, total_steps), total_steps=total_steps, min_lr_ratio=min_lr / lr,
-                   betas=tuple(cfg.get("betas", (0.9, 0.999))), momentum=cfg.get("momentum", 0.9))
+                   betas=tuple(cfg.get("betas", (0.9, 0.999))), momentum=cfg.get("momentum", 0.9),
+                   trust_coefficient=cfg.get("trust_coefficient", 0.001))
 
 
 def non_finite_terms(terms: dict[str, torch.Tensor]) -> list[str]:
@@ -74,7 +77,7 @@ class PretrainModule(pl.LightningModule):
         if compile:  # in place, so parameter names (and checkpoints) are the same with and without it
             self.objective.compile()
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
         out = self.objective(self.backbone, batch)
         terms = {"loss": out.loss, **out.metrics}
         if self.nonfinite == "skip":
@@ -88,10 +91,14 @@ class PretrainModule(pl.LightningModule):
         self.log("train/loss", out.loss, prog_bar=True, batch_size=n, sync_dist=True)  # the global batch's loss
         for name, value in out.metrics.items():
             self.log(f"train/{name}", value, batch_size=n)
+        for name, value in self.objective.step_metrics().items():
+            self.log(f"train/{name}", value, batch_size=n)
         if "skipped" in batch:  # unreadable samples the data module replaced (data.on_error=skip)
             self.skipped_samples += batch["skipped"].sum()
             self.log("data/skipped_samples", self.skipped_samples.float(), reduce_fx="max")
-        return out.loss
+        if out.features is not None:  # detached: callbacks (the online probe) see them in `outputs`
+            return {"loss": out.loss, "features": out.features}
+        return {"loss": out.loss}
 
     # -- non-finite losses ---------------------------------------------------------------------------------
     def _loss_is_finite(self, loss: torch.Tensor) -> bool:
@@ -146,12 +153,33 @@ class PretrainModule(pl.LightningModule):
         self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=n)
         for name, value in out.metrics.items():
             self.log(f"val/{name}", value, sync_dist=True, batch_size=n)
+        if getattr(self.objective, "reports_perplexity", False):
+            nll = out.metrics.get("mlm_loss", out.loss).detach().float()  # the language-model loss alone
+            self._val_nll = self._val_nll + torch.stack([nll * n, nll.new_tensor(float(n))])
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_nll = torch.zeros(2, device=self.device)
+
+    def on_validation_epoch_end(self) -> None:
+        """val/perplexity = exp(mean validation loss over the whole split and all processes)."""
+        if getattr(self.objective, "reports_perplexity", False) and self._val_nll[1] > 0:
+            total = self.trainer.strategy.reduce(self._val_nll, reduce_op="sum")
+            self.log("val/perplexity", torch.exp(total[0] / total[1]), sync_dist=False)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.objective.after_optimizer_step(self.backbone, self.trainer.global_step, self.optim.total_steps)
+
+    def on_fit_start(self) -> None:
+        """channels_last on GPUs: convolutions (ResNets, patch embeddings) run faster in that layout."""
+        if self.device.type == "cuda":
+            self.to(memory_format=torch.channels_last)
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim
         groups = param_groups({"backbone": self.backbone, "objective": self.objective}, o.weight_decay)
         on_cuda = all(p.is_cuda for g in groups for p in g["params"])
-        optimizer = build_optimizer(o.name, groups, o.lr, o.betas, o.momentum, fused=on_cuda)
+        optimizer = build_optimizer(o.name, groups, o.lr, o.betas, o.momentum, o.trust_coefficient, fused=on_cuda)
         factor = warmup_cosine(o.warmup_steps, o.total_steps, o.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

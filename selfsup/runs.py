@@ -138,11 +138,12 @@ def record_run_info(run_dir: Path, resumed_from: str | None = None) -> dict:
     return info
 
 
-def _flatten(node: object, prefix: str = "") -> dict[str, object]:
+def flatten(node: object, prefix: str = "") -> dict[str, object]:
+    """A nested config as {'a.b.c': value}."""
     if isinstance(node, dict):
         out: dict[str, object] = {}
         for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: node}
 
@@ -154,8 +155,8 @@ def check_resume_config(run_dir: Path, new: dict) -> None:
         return
     from omegaconf import OmegaConf
 
-    old = _flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
-    new_flat = _flatten(new)
+    old = flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+    new_flat = flatten(new)
     watched = lambda key: any(key == k or key.startswith(k + ".") for k in IDENTITY_KEYS)  # noqa: E731
     differing = sorted(k for k in set(old) | set(new_flat) if watched(k) and old.get(k) != new_flat.get(k))
     if differing:

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from selfsup import runs
 from selfsup.callbacks.checkpoint import RunCheckpoint
+from selfsup.callbacks.online_monitors import build_monitors
 from selfsup.callbacks.pictures import Pictures
 from selfsup.callbacks.preemption import Preemption
 from selfsup.callbacks.throughput import Throughput
@@ -47,6 +48,14 @@ def resolve_precision(precision: str) -> str:
     return "32-true"
 
 
+def resolve_sync_batchnorm(value: bool | str, accelerator: str) -> bool:
+    """`auto`: SyncBatchNorm on GPUs (Lightning applies it only with several processes); never on CPU,
+    where torch's SyncBatchNorm cannot run."""
+    if value != "auto":
+        return bool(value)
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
 def cluster_plugins() -> list[Any]:
     """Under SLURM, Lightning's SLURM environment does the rendezvous; preemption is ours (callbacks/preemption.py)."""
     from lightning_fabric.plugins.environments import SLURMEnvironment
@@ -74,7 +83,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> list
     return loggers
 
 
-def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
+def build_callbacks(cfg: DictConfig, run_dir: Path, data: Any = None) -> list[pl.Callback]:
     from pytorch_lightning.callbacks import LearningRateMonitor, TQDMProgressBar
 
     ck = cfg.checkpoint
@@ -91,6 +100,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
         Pictures(run_dir / "pictures", every_n_epochs=cfg.pictures_every_n_epochs),
         LearningRateMonitor(logging_interval="step"),
         TQDMProgressBar(refresh_rate=log_every),
+        *build_monitors(cfg.get("monitors"), data),  # online kNN and linear probe, where the data has labels
     ]
 
 
@@ -124,15 +134,19 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
     backbone = build(cfg.backbone)
     objective = build(cfg.objective, backbone=backbone, _convert_="all")
     data = build(cfg.data, views=objective.views, seed=cfg.seed, _convert_="all")
+    if hasattr(objective, "bind_data"):  # e.g. MLM takes its token ids from the data module's tokenizer
+        objective.bind_data(data)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs.get("precision", "auto"))
+    trainer_kwargs["sync_batchnorm"] = resolve_sync_batchnorm(trainer_kwargs.get("sync_batchnorm", "auto"),
+                                                              trainer_kwargs.get("accelerator", "auto"))
     nonfinite = trainer_kwargs.pop("nonfinite", "stop")
     max_consecutive_skips = trainer_kwargs.pop("nonfinite_max_consecutive_skips", 10)
     trainer = pl.Trainer(
         **trainer_kwargs,
         default_root_dir=str(run_dir),
         logger=build_loggers(cfg, run_dir, names),
-        callbacks=build_callbacks(cfg, run_dir),
+        callbacks=build_callbacks(cfg, run_dir, data),
         use_distributed_sampler=False,  # our EpochSampler shards by rank itself (see data/sampling.py)
         plugins=[AtomicCheckpointIO(), *cluster_plugins()],
     )

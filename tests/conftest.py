@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "logger=csv", "trainer=cpu", "data.num_workers=0",
     "objective.decoder_dim=32", "objective.decoder_depth=1", "objective.decoder_heads=2",
-    "backbone.name=vit_tiny_patch16_224", "+backbone.depth=2",
+    "backbone.name=vit_tiny_patch16_224", "+backbone.depth=2", "monitors.enabled=false",
 ]
 
 

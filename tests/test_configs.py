@@ -24,9 +24,22 @@ def test_every_group_has_options():
         assert choices(CONFIG_DIR, group), f"configs/{group}/ is empty"
 
 
+def modality(group: str, name: str) -> str | None:
+    target = OmegaConf.load(CONFIG_DIR / group / f"{name}.yaml").get("_target_")
+    return getattr(get_class(target), "modality", None) if target else None
+
+
+def objective_for(group: str, name: str) -> list[str]:
+    """A backbone or data config is composed with an objective of its own modality."""
+    wanted = modality(group, name) if group in ("backbone", "data") else None
+    if wanted in (None, "image"):
+        return []
+    return [next(f"objective={o}" for o in choices(CONFIG_DIR, "objective") if modality("objective", o) == wanted)]
+
+
 @pytest.mark.parametrize("group,name", CASES, ids=[f"{g}={n}" for g, n in CASES])
 def test_config_composes(group: str, name: str):
-    cfg = compose_train([f"{group}={name}"])
+    cfg = compose_train([f"{group}={name}", *objective_for(group, name)])
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     for piece in ("backbone", "objective", "data"):
         assert get_class(container[piece]["_target_"])

@@ -10,7 +10,7 @@ from selfsup.errors import ConfigError
 
 CASES = {
     "unknown backbone config": (["backbone=vit_gigantic"], "unknown backbone 'vit_gigantic'; choose one of"),
-    "unknown objective": (["objective=dino9"], "unknown objective 'dino9'; choose one of: mae"),
+    "unknown objective": (["objective=dino9"], "unknown objective 'dino9'; choose one of: byol, mae"),
     "unknown data": (["data=imagenet22k"], "unknown data 'imagenet22k'; choose one of"),
     "unknown timm model": (["backbone.name=vit_nonexistent_patch16"], "unknown timm model 'vit_nonexistent_patch16'"),
     "patch does not divide image": (["backbone.patch_size=5"], "image size 28 is not divisible by patch size 5"),
@@ -22,6 +22,9 @@ CASES = {
                              "data.root /nonexistent/images is not a folder"),
     "missing cifar": (["data=cifar10", "data.root=/nonexistent/cifar"],
                       "cifar10 not found under /nonexistent/cifar"),
+    "unknown optimizer": (["optim.name=lamb"], "unknown optimizer 'lamb' in optim.name; choose adamw, lars or sgd"),
+    "augmentation device": (["data.augment_on=tpu"], "data.augment_on must be one of ('cpu', 'gpu'), got 'tpu'"),
+    "unknown view option": (["+objective.views.0.colour_jitter=0.4"], "unknown view options ['colour_jitter']"),
     "resume from nothing": (["resume=/nonexistent/run.ckpt"], "resume=/nonexistent/run.ckpt: no checkpoint at"),
 }
 

@@ -9,11 +9,22 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from selfsup.data.sampling import EpochSampler, KeyedViews
-from selfsup.data.views import build_view, eval_view
+from selfsup.data.augment import ViewSpec
+from selfsup.data.views import AUGMENT_ON, device_views, eval_views, worker_views
 from selfsup.errors import ConfigError, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+EVAL_KEY = "image"  # the image field of evaluation batches (kNN, probes, embeddings), whatever the objective's views
+SPLITS = ("train", "val")
+
+
+def spread_indices(size: int, max_samples: int | None) -> list[int]:
+    """All indices, or `max_samples` of them spread evenly over the split: a fixed subset that covers every
+    class even when the source is sorted by class (image folders)."""
+    if max_samples is None or max_samples >= size:
+        return list(range(size))
+    return [i * size // max_samples for i in range(max(0, max_samples))]
 
 
 class TensorImages(Dataset):
@@ -37,55 +48,53 @@ def default_workers() -> int:
     return max(1, min(8, cores // gpus))
 
 
-class ImageDataModule(pl.LightningDataModule):
-    """Subclasses implement `load()` -> (train dataset, validation dataset or None) of (image, label) pairs.
+class KeyedDataModule(pl.LightningDataModule):
+    """What every data module shares: keyed sampling (data/sampling.py), loaders, exact mid-epoch resume.
 
-    Batches are dicts: one uint8 field per view of the objective (normalised to float on the device),
-    `label` where the source has labels, `index` and `key` (the sample's randomness key).
+    Subclasses implement `build_datasets()` -> (train, validation or None), datasets indexed by
+    (epoch, index) that return dict samples with at least `index` and `key`, and may override
+    `on_device(batch)` (training batches) and `normalize(batch)` (evaluation batches) for work done on the device.
     """
 
-    modality = "image"
-    name = "images"
+    modality: str
+    name = "data"
 
-    def __init__(self, batch_size: int = 256, image_size: int = 224, channels: int = 3,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 num_workers: int | str = "auto", seed: int = 0, val_batch_size: int | None = None,
-                 views: list[dict[str, Any]] | None = None, pin_memory: bool = True, on_error: str = "skip") -> None:
+    def __init__(self, batch_size: int = 256, num_workers: int | str = "auto", seed: int = 0,
+                 val_batch_size: int | None = None, pin_memory: bool = True, on_error: str = "skip") -> None:
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be positive, got {batch_size}")
-        self.batch_size, self.image_size, self.channels = batch_size, image_size, channels
-        self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
-        if len(mean) != channels or len(std) != channels:
-            raise ConfigError(f"data.mean and data.std need {channels} values (data.channels), got {len(mean)}, {len(std)}")
         if on_error not in ("skip", "raise"):
             raise ConfigError(f"data.on_error must be 'skip' or 'raise', got '{on_error}'")
-        self.on_error = on_error
+        self.batch_size, self.on_error = batch_size, on_error
         self.num_workers = default_workers() if num_workers == "auto" else int(num_workers)
         self.seed, self.val_batch_size, self.pin_memory = seed, val_batch_size or batch_size, pin_memory
-        self.view_specs = [dict(v) for v in (views or [{"key": "image"}])]
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self._resume: dict[str, int] | None = None
         self._count_epoch, self._batches_done = 0, 0  # training batches consumed in the current epoch
 
     # -- what subclasses provide -------------------------------------------------------------------------
-    def load(self) -> tuple[Dataset, Dataset | None]:  # pragma: no cover - abstract
+    def build_datasets(self) -> tuple[Dataset, Dataset | None]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Device-side work on a training batch (normalisation, GPU augmentation); by default `normalize`."""
+        return self.normalize(batch)
+
+    def normalize(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Device-side work on an evaluation batch."""
+        return batch
 
     # -- Lightning hooks ---------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        train, val = self.load()
+        train, val = self.build_datasets()
         if len(train) == 0:
             raise DataError(f"{self.name}: the training split is empty")
-        views = {spec["key"]: build_view(spec, self.image_size) for spec in self.view_specs}
-        self.train_set = KeyedViews(train, views, self.seed, self.on_error, self.source)
-        if val is not None and len(val) > 0:
-            self.val_set = KeyedViews(val, {key: eval_view(self.image_size) for key in views}, self.seed,
-                                      self.on_error, self.source)
+        self.train_set = train
+        self.val_set = val if val is not None and len(val) > 0 else None
 
     @property
     def source(self) -> str:
@@ -104,9 +113,12 @@ class ImageDataModule(pl.LightningDataModule):
                 f"{len(self.train_set)} training samples of {self.name}; lower data.batch_size"
             )
 
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return default_collate(samples)
+
     def _loader(self, dataset: Dataset, sampler: EpochSampler, batch_size: int) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory and torch.cuda.is_available(),
+                          pin_memory=self.pin_memory and torch.cuda.is_available(), collate_fn=self.collate,
                           persistent_workers=self.num_workers > 0, drop_last=False,
                           prefetch_factor=4 if self.num_workers > 0 else None)
 
@@ -128,27 +140,46 @@ class ImageDataModule(pl.LightningDataModule):
         sampler = EpochSampler(len(self.val_set), self.val_batch_size, self.seed, shuffle=False, drop_last=False)
         return self._loader(self.val_set, sampler, self.val_batch_size)
 
+    # -- evaluation: deterministic samples with labels, for online monitors, probes and embeddings ------------
+    def eval_dataset(self, split: str) -> Dataset | None:
+        """`split` ('train' or 'val') as evaluation sees it: no augmentation, labels where the source has them.
+        Text samples are already deterministic; image modules override this with resize + centre-crop views."""
+        if split not in SPLITS:
+            raise ConfigError(f"unknown split '{split}'; choose one of {SPLITS}")
+        self.setup()
+        return self.train_set if split == "train" else self.val_set
+
+    def has_labels(self) -> bool:
+        """Whether samples carry a `label` (what kNN, probes and fine-tuning need)."""
+        return "label" in self.eval_dataset("train")[(0, 0)]
+
+    def eval_dataloader(self, split: str, max_samples: int | None = None, batch_size: int | None = None,
+                        indices: list[int] | None = None) -> DataLoader | None:
+        """Batches of `split` in index order: all of it, an evenly spread subset of `max_samples`, or `indices`.
+        None when the split does not exist. Batches still need `normalize` once on the device."""
+        dataset = self.eval_dataset(split)
+        if dataset is None:
+            return None
+        chosen = spread_indices(len(dataset), max_samples) if indices is None else indices
+        # Its own generator: iterating must not draw from the global RNG that training uses.
+        return DataLoader(dataset, batch_size=batch_size or self.val_batch_size, sampler=[(0, i) for i in chosen],
+                          num_workers=self.num_workers, collate_fn=self.collate, generator=torch.Generator(),
+                          pin_memory=self.pin_memory and torch.cuda.is_available())
+
     def preview_batch(self, n: int) -> dict[str, Any]:
-        """The first n samples of the validation split (else the training split), collated, still uint8."""
+        """The first n samples of the validation split (else the training split), collated, not yet on the device."""
         self.setup()
         dataset = self.val_set if self.val_set is not None else self.train_set
-        return default_collate([dataset[(0, i)] for i in range(min(n, len(dataset)))])
+        return self.collate([dataset[(0, i)] for i in range(min(n, len(dataset)))])
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        """Normalise uint8 views to float on the device, and count training batches for exact resume."""
+        """Device-side work, and counting training batches for exact resume."""
         if self.trainer is not None and self.trainer.training:
             if self.trainer.current_epoch != self._count_epoch:
                 self._count_epoch, self._batches_done = self.trainer.current_epoch, 0
             self._batches_done += 1
+            return self.on_device(batch)
         return self.normalize(batch)
-
-    def normalize(self, batch: dict[str, Any]) -> dict[str, Any]:
-        for spec in self.view_specs:
-            images = batch[spec["key"]]
-            if images.dtype == torch.uint8:
-                mean, std = self.mean.to(images.device), self.std.to(images.device)
-                batch[spec["key"]] = (images.float() / 255.0 - mean) / std
-        return batch
 
     # -- exact resume: Lightning saves and restores these with each checkpoint ---------------------------------
     def state_dict(self) -> dict[str, int]:
@@ -156,3 +187,71 @@ class ImageDataModule(pl.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._resume = dict(state)
+
+
+class ImageDataModule(KeyedDataModule):
+    """Subclasses implement `load()` -> (train dataset, validation dataset or None) of (image, label) pairs.
+
+    Batches are dicts: one field per view of the objective (uint8 from the workers; normalised floats once on
+    the device), `label` where the source has labels, `index`, `key` (the sample's randomness key) and
+    `skipped`. `augment_on` says where views are made (data/views.py). Subclasses whose images all have one
+    size set `same_size_source = True`, so that in GPU mode the workers need not even crop.
+    """
+
+    modality = "image"
+    name = "images"
+    same_size_source = False
+
+    def __init__(self, batch_size: int = 256, image_size: int = 224, channels: int = 3,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 views: list[dict[str, Any]] | None = None, augment_on: str = "cpu", **kwargs: Any) -> None:
+        super().__init__(batch_size=batch_size, **kwargs)
+        self.image_size, self.channels = image_size, channels
+        if len(mean) != channels or len(std) != channels:
+            raise ConfigError(f"data.mean and data.std need {channels} values (data.channels), got {len(mean)}, {len(std)}")
+        if augment_on not in AUGMENT_ON:
+            raise ConfigError(f"data.augment_on must be one of {AUGMENT_ON}, got '{augment_on}'")
+        self.augment_on = augment_on
+        self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
+        self.views = [ViewSpec.parse(v) for v in (views or [{"key": "image"}])]
+        self.base_sets: tuple[Dataset, Dataset | None] | None = None  # the sources' (image, label) datasets
+        self._eval_sets: dict[str, Dataset | None] = {}
+
+    def load(self) -> tuple[Dataset, Dataset | None]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def build_datasets(self) -> tuple[Dataset, Dataset | None]:
+        train, val = self.load()
+        self.base_sets = (train, val)
+        views = worker_views(self.views, self.image_size, self.augment_on, self.same_size_source)
+        train_set = KeyedViews(train, views, self.seed, self.on_error, self.source)
+        val_set = None
+        if val is not None and len(val) > 0:
+            val_set = KeyedViews(val, eval_views(self.views, self.image_size), self.seed, self.on_error, self.source)
+        return train_set, val_set
+
+    def eval_dataset(self, split: str) -> Dataset | None:
+        """The source's images as one `image` field, resized and centre-cropped (eval views), with labels."""
+        super().eval_dataset(split)  # checks the split, builds the datasets
+        if split not in self._eval_sets:
+            base = self.base_sets[0 if split == "train" else 1]
+            self._eval_sets[split] = None if base is None or len(base) == 0 else KeyedViews(
+                base, eval_views([ViewSpec(key=EVAL_KEY)], self.image_size), self.seed, self.on_error, self.source)
+        return self._eval_sets[split]
+
+    def on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Training batches: make the views here in GPU mode, then normalise."""
+        if self.augment_on == "gpu":
+            batch = device_views(batch, self.views, self.image_size)
+        return self.normalize(batch)
+
+    def normalize(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Views to normalised floats on the device: uint8 (0-255) from the workers, or floats in [0, 1]."""
+        for key in dict.fromkeys([*(spec.key for spec in self.views), EVAL_KEY]):  # evaluation batches: `image`
+            if key not in batch:
+                continue
+            images = batch[key]
+            x = images.float() / 255.0 if images.dtype == torch.uint8 else images
+            batch[key] = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return batch

@@ -48,6 +48,7 @@ def find_file(dirs: list[Path], stem: str) -> Path | None:
 
 
 class FashionMNIST(ImageDataModule):
+    same_size_source = True
     name = "fashion_mnist"
     classes = CLASSES
 

@@ -6,7 +6,7 @@ batch i of all ranks together is batch i of a single process with W times the ba
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -91,14 +91,14 @@ def describe(dataset: Dataset, index: int) -> str:
 class KeyedViews(Dataset):
     """Wraps a dataset of (image, label) into dict samples: one field per view, `label`, `index`, `key`, `skipped`.
 
-    Each view's random choices are drawn from a generator seeded by the sample's key and the view number,
-    so a sample looks the same whatever worker, rank or resumed run produces it. An unreadable sample is, with
-    on_error="skip", replaced by the next readable one and counted in `skipped` (the batch keeps its size);
-    with on_error="raise" it stops the run with a DataError naming the file.
+    Each view is a function of the image and the sample's key (data/augment.py), so a sample looks the same
+    whatever worker, rank or resumed run produces it. An unreadable sample is, with on_error="skip", replaced
+    by the next readable one and counted in `skipped` (the batch keeps its size); with on_error="raise" it
+    stops the run with a DataError naming the file.
     """
 
-    def __init__(self, base: Dataset, views: dict[str, object], seed: int = 0, on_error: str = "skip",
-                 source: str = "the dataset") -> None:
+    def __init__(self, base: Dataset, views: dict[str, Callable[[Any, int], torch.Tensor]], seed: int = 0,
+                 on_error: str = "skip", source: str = "the dataset") -> None:
         self.base, self.views, self.seed, self.on_error, self.source = base, views, seed, on_error, source
 
     def __len__(self) -> int:
@@ -123,10 +123,8 @@ class KeyedViews(Dataset):
         image, label, skipped = self._read(index)
         key = sample_key(self.seed, epoch, index)
         sample: dict[str, object] = {"index": index, "key": key, "skipped": skipped}
-        for view_number, (name, transform) in enumerate(self.views.items()):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(key * 16 + view_number)
-                sample[name] = transform(image)
+        for name, view in self.views.items():
+            sample[name] = view(image, key)
         if label is not None:
             sample["label"] = label
         return sample

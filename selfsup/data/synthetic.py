@@ -17,6 +17,7 @@ def make_images(n: int, channels: int, size: int, num_classes: int, seed: int) -
 
 
 class Synthetic(ImageDataModule):
+    same_size_source = True
     name = "synthetic"
 
     def __init__(self, num_samples: int = 1024, num_val_samples: int = 256, num_classes: int = 10,

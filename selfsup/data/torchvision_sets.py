@@ -18,6 +18,7 @@ CIFAR_STATS = {
 
 class TorchvisionImages(ImageDataModule):
     """A torchvision dataset by name: cifar10, cifar100 or stl10 (STL-10 pretrains on its unlabeled split)."""
+    same_size_source = True
 
     def __init__(self, dataset: str = "cifar10", root: str = "data", download: bool = False,
                  image_size: int | None = None, channels: int = 3, stl10_train_split: str = "train+unlabeled",

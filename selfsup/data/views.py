@@ -1,39 +1,66 @@
-"""View transforms built from the view specs an objective declares (its config's `views:` list).
+"""Which view is made where: the training and evaluation views of an image data module.
 
-A view spec is a dict: `key` (the batch field it fills) and augmentation parameters. Views are made on
-uint8 images and stay uint8 until the batch reaches the device, where the data module normalises them:
-the CPU does the least work and the host-to-device copy is four times smaller than float32.
+An objective declares its views (its config's `views:` list, parsed into augment.ViewSpec). With
+`data.augment_on=cpu` the data workers make every view. With `data.augment_on=gpu` the workers only decode:
+they pass the image on once, as the `source` field, and the device makes every view from it after transfer,
+which also halves the host-to-device copy of two-view objectives. Sources whose images differ in size
+(image folders) cannot be batched uncropped, so there the workers crop and flip, and the device does the rest.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import torch
-from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
-from selfsup.errors import ConfigError
+from selfsup.data.augment import CPUView, ViewSpec, augment
 
-VIEW_OPTIONS = {"key", "crop_scale", "hflip"}
+SOURCE = "source"  # the batch field of the undecorated image in GPU mode
+AUGMENT_ON = ("cpu", "gpu")
 
-
-def build_view(spec: dict[str, Any], image_size: int) -> Callable[[Any], torch.Tensor]:
-    """A training view: random resized crop (`crop_scale`, bicubic) and horizontal flip (`hflip` probability)."""
-    unknown = set(spec) - VIEW_OPTIONS
-    if unknown:
-        raise ConfigError(f"unknown view options {sorted(unknown)} in objective.views; known: {sorted(VIEW_OPTIONS)}")
-    steps: list[Any] = [v2.ToImage()]
-    if "crop_scale" in spec:
-        lo, hi = spec["crop_scale"]
-        steps.append(v2.RandomResizedCrop(image_size, scale=(lo, hi), interpolation=v2.InterpolationMode.BICUBIC,
-                                          antialias=True))
-    else:
-        steps += [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
-    if spec.get("hflip", 0) > 0:
-        steps.append(v2.RandomHorizontalFlip(spec["hflip"]))
-    steps.append(v2.ToDtype(torch.uint8))
-    return v2.Compose(steps)
+View = Callable[[Any, int], torch.Tensor]
 
 
-def eval_view(image_size: int) -> Callable[[Any], torch.Tensor]:
-    """The deterministic view for validation and embedding: resize and centre crop."""
-    return build_view({"key": "image"}, image_size)
+def as_uint8_tensor(image: Any) -> torch.Tensor:
+    """A decoded image (PIL or tensor) as a plain (C, H, W) uint8 tensor."""
+    tensor = TF.to_image(image).as_subclass(torch.Tensor)
+    return tensor if tensor.dtype == torch.uint8 else TF.to_dtype(tensor, torch.uint8, scale=True)
+
+
+class Decoded:
+    """The image as decoded, with no augmentation (GPU mode, same-size sources)."""
+
+    def __call__(self, image: Any, key: int) -> torch.Tensor:
+        return as_uint8_tensor(image)
+
+
+class OnWorker:
+    """Converts to a uint8 tensor, then makes the view (or its crop) in the data worker."""
+
+    def __init__(self, view: CPUView) -> None:
+        self.view = view
+
+    def __call__(self, image: Any, key: int) -> torch.Tensor:
+        return self.view(as_uint8_tensor(image), key)
+
+
+def worker_views(specs: list[ViewSpec], size: int, augment_on: str, same_size_source: bool) -> dict[str, View]:
+    """The fields data workers produce for training batches."""
+    if augment_on == "gpu" and same_size_source:
+        return {SOURCE: Decoded()}
+    stages = "geometric" if augment_on == "gpu" else "all"
+    return {spec.key: OnWorker(CPUView(spec, n, size, stages)) for n, spec in enumerate(specs)}
+
+
+def eval_views(specs: list[ViewSpec], size: int) -> dict[str, View]:
+    """Deterministic views (resize and centre crop) for validation, pictures and embeddings."""
+    return {spec.key: OnWorker(CPUView(ViewSpec(key=spec.key), 0, size)) for spec in specs}
+
+
+def device_views(batch: dict[str, Any], specs: list[ViewSpec], size: int) -> dict[str, Any]:
+    """GPU mode: make each view (floats in [0, 1]) on the batch's device from `source` or the workers' crops."""
+    source = batch.pop(SOURCE, None)
+    for n, spec in enumerate(specs):
+        images = source if source is not None else batch[spec.key]
+        batch[spec.key] = augment(images, batch["key"], spec, n, size, crop=source is not None)
+    return batch

@@ -12,10 +12,15 @@ MODALITIES = ("image", "text", "image-text")
 
 @dataclass
 class StepOutput:
-    """A training step's loss (what is back-propagated) and metrics (logged as they are, detached)."""
+    """A training step's loss (what is back-propagated) and metrics (logged as they are, detached).
+
+    `features`: the detached pooled backbone features (B, D) of the batch's first view, when the objective has
+    them from its forward anyway; the online linear probe (callbacks/online_monitors.py) trains on them.
+    """
 
     loss: torch.Tensor
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    features: torch.Tensor | None = None
 
 
 class Objective(nn.Module):
@@ -33,6 +38,13 @@ class Objective(nn.Module):
 
     def forward(self, backbone: nn.Module, batch: dict[str, Any]) -> StepOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def after_optimizer_step(self, backbone: nn.Module, step: int, total_steps: int) -> None:
+        """Called after each optimizer step (`step` of `total_steps` done): e.g. BYOL's target update."""
+
+    def step_metrics(self) -> dict[str, float]:
+        """Scalars that follow the schedule rather than the batch (e.g. BYOL's target momentum), logged each step."""
+        return {}
 
     @torch.no_grad()
     def visualize(self, backbone: nn.Module, batch: dict[str, Any]) -> torch.Tensor | None:

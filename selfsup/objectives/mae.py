@@ -133,7 +133,8 @@ class MAE(Objective):
         latent = backbone.encode_patches(patches, keep)
         pred = self.decoder(latent, restore, predict=masked)
         loss = reconstruction_loss(pred, patches, masked, self.norm_pix_loss)
-        return StepOutput(loss, {})
+        # The visible tokens' pooled encoding: what the online probe sees, at no extra cost.
+        return StepOutput(loss, {}, features=backbone.pool_tokens(latent).detach())
 
     @torch.no_grad()
     def reconstruct(self, backbone: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,12 +8,14 @@ import torch
 from torch import nn
 
 from selfsup.errors import ConfigError
+from selfsup.optim.lars import LARS
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token", "mask_token")
 
 
 def param_groups(modules: dict[str, nn.Module], weight_decay: float) -> list[dict[str, Any]]:
-    """Two groups: decayed weights, and biases, norms, position embeddings and special tokens (no decay)."""
+    """Two groups: decayed weights, and biases, norms, position embeddings and special tokens (no decay,
+    and no LARS adaptation)."""
     decay, no_decay = [], []
     for prefix, module in modules.items():
         explicit = set(module.no_weight_decay()) if hasattr(module, "no_weight_decay") else set()
@@ -22,7 +24,8 @@ def param_groups(modules: dict[str, nn.Module], weight_decay: float) -> list[dic
                 continue
             skip = p.ndim <= 1 or name in explicit or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
             (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}]
 
 
 def scaled_lr(base_lr: float, global_batch: int, reference_batch: int = 256) -> float:
@@ -30,13 +33,22 @@ def scaled_lr(base_lr: float, global_batch: int, reference_batch: int = 256) -> 
     return base_lr * global_batch / reference_batch
 
 
+OPTIMIZERS = ("adamw", "lars", "sgd")
+
+
+def check_optimizer_name(name: str) -> None:
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer '{name}' in optim.name; choose {', '.join(OPTIMIZERS[:-1])} or {OPTIMIZERS[-1]}")
+
+
 def build_optimizer(name: str, groups: list[dict[str, Any]], lr: float, betas: Iterable[float] = (0.9, 0.999),
-                    momentum: float = 0.9, fused: bool = False) -> torch.optim.Optimizer:
+                    momentum: float = 0.9, trust_coefficient: float = 0.001, fused: bool = False) -> torch.optim.Optimizer:
+    check_optimizer_name(name)
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=momentum, trust_coefficient=trust_coefficient)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused or None)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
-    raise ConfigError(f"unknown optimizer '{name}' in optim.name; choose adamw or sgd")
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0):

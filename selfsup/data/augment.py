@@ -1,0 +1,255 @@
+"""Batched, per-sample image augmentation keyed by sample: one implementation for the CPU and the GPU.
+
+Every random choice of a view (crop box, flip, colour-jitter factors and order, grayscale, blur sigma,
+solarize) is a pure function of the sample's key and the view's number (keyed_random), and every operation
+works on a batch with one parameter set per sample. The CPU path (data workers) runs it on a batch of one
+image; the GPU path (`data.augment_on=gpu`) runs it on the whole uint8 batch after transfer. Both therefore
+draw the same parameters from the same distributions, and produce the same view of a sample up to the
+CPU path's rounding to uint8.
+
+The parameter distributions are torchvision's: RandomResizedCrop (10 tries, then a centre crop),
+RandomHorizontalFlip, RandomApply(ColorJitter) with a random order of its four operations, RandomGrayscale,
+GaussianBlur (kernel 10% of the image, sigma uniform) and RandomSolarize (threshold 0.5).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+from selfsup import keyed_random
+from selfsup.errors import ConfigError
+
+VIEW_STREAM = 16  # keyed_random stream of view 0; view v uses VIEW_STREAM + v (MAE masks use 1, MLM 2)
+CROP_TRIES = 10
+# Layout of each sample's uniform numbers: 4 per crop try, then the flip and the photometric draws.
+_CROP, _FLIP = 0, 4 * CROP_TRIES
+_JITTER_ON, _JITTER_FACTORS, _JITTER_ORDER = _FLIP + 1, _FLIP + 2, _FLIP + 6
+_GRAY, _BLUR_ON, _BLUR_SIGMA, _SOLARIZE = _FLIP + 10, _FLIP + 11, _FLIP + 12, _FLIP + 13
+NUM_UNIFORMS = _FLIP + 14
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision and PIL
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One view an objective asks for (an entry of its config's `views:` list)."""
+
+    key: str = "image"
+    crop_scale: tuple[float, float] | None = None  # random resized crop; None: resize and centre crop
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.0
+    color_jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # brightness, contrast, saturation, hue
+    color_jitter_p: float = 0.8
+    grayscale_p: float = 0.0
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_min_size: int = 96  # SimCLR blurs ImageNet-size images only; no blur below this size
+    solarize_p: float = 0.0
+
+    @classmethod
+    def parse(cls, spec: dict[str, Any]) -> "ViewSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = set(spec) - known
+        if unknown:
+            raise ConfigError(f"unknown view options {sorted(unknown)} in objective.views; known: {sorted(known)}")
+        values = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in spec.items()}
+        view = cls(**values)
+        if view.crop_scale is not None and not 0 < view.crop_scale[0] <= view.crop_scale[1] <= 1:
+            raise ConfigError(f"objective.views crop_scale must satisfy 0 < low <= high <= 1, got {view.crop_scale}")
+        return view
+
+    @property
+    def has_photometric(self) -> bool:
+        return (any(self.color_jitter) and self.color_jitter_p > 0) or self.grayscale_p > 0 or self.blur_p > 0 \
+            or self.solarize_p > 0
+
+
+def draws(keys: torch.Tensor, view_number: int) -> torch.Tensor:
+    """Each sample's NUM_UNIFORMS numbers in [0, 1) for one view."""
+    return keyed_random.uniform(keys, NUM_UNIFORMS, stream=VIEW_STREAM + view_number)
+
+
+# -- geometry ------------------------------------------------------------------------------------------------
+def crop_boxes(spec: ViewSpec, u: torch.Tensor, height: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+    """(B, 4) integer boxes (top, left, h, w) as torchvision's RandomResizedCrop.get_params draws them."""
+    height, width = height.to(u).unsqueeze(1), width.to(u).unsqueeze(1)
+    if spec.crop_scale is None:  # Resize(shorter side) + CenterCrop: the centred square
+        side = torch.minimum(height, width)
+        return torch.cat([((height - side) / 2).floor(), ((width - side) / 2).floor(), side, side], 1)
+    tries = u[:, _CROP:_FLIP].view(-1, CROP_TRIES, 4)
+    lo, hi = spec.crop_scale
+    log_lo, log_hi = math.log(spec.crop_ratio[0]), math.log(spec.crop_ratio[1])
+    area = height * width * (lo + (hi - lo) * tries[..., 0])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * tries[..., 1])
+    w = torch.round(torch.sqrt(area * aspect))
+    h = torch.round(torch.sqrt(area / aspect))
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    top = torch.floor(tries[..., 2] * (height - h + 1))
+    left = torch.floor(tries[..., 3] * (width - w + 1))
+    first = torch.argmax(ok.to(torch.uint8), dim=1, keepdim=True)  # the first successful try
+    pick = lambda t: torch.gather(t, 1, first)  # noqa: E731
+    # Fallback when all tries fail: the centre crop with the aspect ratio clamped to crop_ratio.
+    ratio = width / height
+    fw = torch.where(ratio < spec.crop_ratio[0], width, torch.where(ratio > spec.crop_ratio[1],
+                                                                    torch.round(height * spec.crop_ratio[1]), width))
+    fh = torch.where(ratio < spec.crop_ratio[0], torch.round(width / spec.crop_ratio[0]), height)
+    fallback = torch.cat([torch.div(height - fh, 2, rounding_mode="floor"),
+                          torch.div(width - fw, 2, rounding_mode="floor"), fh, fw], 1)
+    chosen = torch.cat([pick(top), pick(left), pick(h), pick(w)], 1)
+    return torch.where(ok.any(1, keepdim=True), chosen, fallback)
+
+
+def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop each image (float, B x C x H x W) to its box and resize to size x size in one kernel.
+
+    roi_align samples bilinearly and averages ceil(box / size) points per output pixel, so it interpolates
+    when enlarging and area-averages (no aliasing) when shrinking.
+    """
+    top, left, h, w = boxes.unbind(1)
+    index = torch.arange(len(images), device=images.device, dtype=images.dtype)
+    rois = torch.stack([index, left, top, left + w, top + h], 1).to(images.dtype)
+    return roi_align(images, rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+def geometric(images: torch.Tensor, spec: ViewSpec, u: torch.Tensor, size: int) -> torch.Tensor:
+    """Random resized crop (or resize + centre crop) and horizontal flip, per sample."""
+    b, _, height, width = images.shape
+    full = torch.full((b,), float(height), device=images.device), torch.full((b,), float(width), device=images.device)
+    out = crop_resize(images, crop_boxes(spec, u, *full), size)
+    if spec.hflip > 0:
+        flip = (u[:, _FLIP] < spec.hflip).view(-1, 1, 1, 1)
+        out = torch.where(flip, out.flip(-1), out)
+    return out
+
+
+# -- photometry (images in [0, 1]) -----------------------------------------------------------------------------
+def to_gray(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W) luma; one-channel images are returned as they are."""
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x.unbind(1)
+    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
+
+
+def blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (factor * a + (1 - factor) * b).clamp(0, 1)
+
+
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    maxc, minc = x.amax(1), x.amin(1)
+    same = maxc == minc
+    chroma = maxc - minc
+    s = chroma / torch.where(same, torch.ones_like(maxc), maxc)
+    div = torch.where(same, torch.ones_like(chroma), chroma)
+    rc, gc, bc = (maxc - r) / div, (maxc - g) / div, (maxc - b) / div
+    is_r, is_g = maxc == r, (maxc == g) & (maxc != r)
+    h = torch.where(is_r, bc - gc, torch.where(is_g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.remainder(h / 6.0 + 1.0, 1.0)
+    return torch.stack([h, s, maxc], 1)
+
+
+def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    h, s, v = x.unbind(1)
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.to(torch.int64) % 6
+    p, q, t = (v * (1 - s)).clamp(0, 1), (v * (1 - s * f)).clamp(0, 1), (v * (1 - s * (1 - f))).clamp(0, 1)
+    sector = i.unsqueeze(1) == torch.arange(6, device=x.device).view(1, -1, 1, 1)
+    table = (torch.stack([v, q, p, p, t, v], 1), torch.stack([t, v, v, q, p, p], 1), torch.stack([p, p, t, v, v, q], 1))
+    return torch.stack([(c * sector).sum(1) for c in table], 1)
+
+
+def adjust(x: torch.Tensor, op: int, factor: torch.Tensor) -> torch.Tensor:
+    """One colour-jitter operation with per-sample factors (B, 1, 1, 1), as torchvision defines it."""
+    if op == 0:  # brightness
+        return (x * factor).clamp(0, 1)
+    if op == 1:  # contrast: towards the mean grey level of the image
+        return blend(x, to_gray(x).mean(dim=(1, 2, 3), keepdim=True), factor)
+    if op == 2:  # saturation: towards the grey image
+        return blend(x, to_gray(x), factor)
+    hsv = rgb_to_hsv(x)  # hue: rotate, factor in [-0.5, 0.5]
+    hue = torch.remainder(hsv[:, :1] + factor, 1.0)
+    return hsv_to_rgb(torch.cat([hue, hsv[:, 1:]], 1))
+
+
+def color_jitter(x: torch.Tensor, spec: ViewSpec, u: torch.Tensor) -> torch.Tensor:
+    """RandomApply(ColorJitter, p): each applied sample gets its four factors and its own order of the four ops."""
+    strengths = spec.color_jitter
+    apply = (u[:, _JITTER_ON] < spec.color_jitter_p).view(-1, 1, 1, 1)
+    raw = u[:, _JITTER_FACTORS:_JITTER_FACTORS + 4]
+    factors = [1 - s + 2 * s * raw[:, i] if i < 3 else (2 * raw[:, i] - 1) * s for i, s in enumerate(strengths)]
+    order = torch.argsort(u[:, _JITTER_ORDER:_JITTER_ORDER + 4], dim=1)  # a uniform random permutation
+    ops = [op for op, s in enumerate(strengths) if s > 0 and (op < 2 or x.shape[1] == 3)]  # no colour in grey images
+    for position in range(4):
+        for op in ops:
+            chosen = apply & (order[:, position] == op).view(-1, 1, 1, 1)
+            x = torch.where(chosen, adjust(x, op, factors[op].view(-1, 1, 1, 1)), x)
+    return x
+
+
+def gaussian_blur(x: torch.Tensor, spec: ViewSpec, u: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with a per-sample sigma; samples not blurred get a unit kernel (identity)."""
+    b, c, height, width = x.shape
+    k = int(0.1 * height) // 2 * 2 + 1  # 10% of the image, odd: 23 at 224 px, 9 at 96 px
+    lo, hi = spec.blur_sigma
+    sigma = (lo + (hi - lo) * u[:, _BLUR_SIGMA]).view(-1, 1)
+    offsets = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum(1, keepdim=True)
+    identity = (offsets == 0).to(x.dtype).expand(b, k)
+    kernel = torch.where((u[:, _BLUR_ON] < spec.blur_p).view(-1, 1), kernel, identity)
+    kernel = kernel.repeat_interleave(c, 0).view(b * c, 1, 1, k)
+    flat = F.pad(x.reshape(1, b * c, height, width), (k // 2, k // 2, k // 2, k // 2), mode="reflect")
+    flat = F.conv2d(flat, kernel, groups=b * c)
+    flat = F.conv2d(flat, kernel.transpose(2, 3), groups=b * c)
+    return flat.view(b, c, height, width)
+
+
+def photometric(x: torch.Tensor, spec: ViewSpec, u: torch.Tensor) -> torch.Tensor:
+    """Colour jitter, grayscale, blur and solarize on float images in [0, 1], per sample."""
+    if any(spec.color_jitter) and spec.color_jitter_p > 0:
+        x = color_jitter(x, spec, u)
+    if spec.grayscale_p > 0 and x.shape[1] == 3:
+        gray = (u[:, _GRAY] < spec.grayscale_p).view(-1, 1, 1, 1)
+        x = torch.where(gray, to_gray(x).expand_as(x), x)
+    if spec.blur_p > 0 and x.shape[-1] >= spec.blur_min_size:
+        x = gaussian_blur(x, spec, u)
+    if spec.solarize_p > 0:
+        solarize = (u[:, _SOLARIZE] < spec.solarize_p).view(-1, 1, 1, 1) & (x >= 0.5)
+        x = torch.where(solarize, 1 - x, x)
+    return x
+
+
+def augment(images: torch.Tensor, keys: torch.Tensor, spec: ViewSpec, view_number: int, size: int,
+            crop: bool = True) -> torch.Tensor:
+    """A batch of views, float in [0, 1]: `images` uint8 (B, C, H, W); `crop=False` when already cropped."""
+    u = draws(keys.to(images.device), view_number)
+    x = images.float() / 255.0
+    if crop:
+        x = geometric(x, spec, u, size)
+    return photometric(x, spec, u)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return (x * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+class CPUView:
+    """A view made in a data worker from one (C, H, W) uint8 image: all stages, or the crop only
+    (`stages="geometric"`, when the GPU does the rest but images differ in size and must be cropped to batch)."""
+
+    def __init__(self, spec: ViewSpec, view_number: int, size: int, stages: str = "all") -> None:
+        self.spec, self.view_number, self.size, self.stages = spec, view_number, size, stages
+
+    def __call__(self, image: torch.Tensor, key: int) -> torch.Tensor:
+        keys = torch.tensor([key], dtype=torch.int64)
+        u = draws(keys, self.view_number)
+        x = geometric(image.unsqueeze(0).float() / 255.0, self.spec, u, self.size)
+        if self.stages == "all":
+            x = photometric(x, self.spec, u)
+        return to_uint8(x)[0]

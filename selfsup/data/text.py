@@ -1,0 +1,484 @@
+"""Text data modules: a corpus of documents, tokenized once, served as keyed token samples.
+
+Three ways to cut a corpus into samples (`mode`):
+- `lines`: one document per sample, [CLS] tokens [SEP], truncated to `max_length`, padded per batch (to the
+  batch's longest, rounded up to a multiple of 8); keeps each document's `label` where the source has one.
+- `packed`: all documents concatenated (separated by [SEP]) and cut into blocks of exactly `max_length` tokens,
+  [CLS] block [SEP]: no padding, the most tokens per step (RoBERTa's FULL-SENTENCES).
+- `packed` with `next_sentence=true`: BERT's sentence pairs, [CLS] A [SEP] B [SEP] with `token_type_ids` and
+  `next_sentence_label` (0: B follows A in the document, 1: B comes from another document, drawn per sample key).
+
+The validation split holds out documents by a hash of their text, so it is the same on every run and machine, and
+duplicate documents never straddle the split. Samples are dicts with `index`, `key` (the sample's randomness key),
+`input_ids`, `attention_mask` and, where there are some, `label`, `token_type_ids`, `next_sentence_label`.
+"""
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+from torch.utils.data import Dataset
+
+from selfsup.data.base import KeyedDataModule
+from selfsup.data.tokenizer import TokenizerInfo, cached_tokenizer, load_tokenizer, tokenizer_file
+from selfsup.errors import ConfigError, DataError
+from selfsup.keyed_random import sample_key
+
+MODES = ("lines", "packed")
+ENCODE_CHUNK = 10_000  # documents per encode_batch call, which bounds the memory of Encoding objects
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def sentences(text: str) -> list[str]:
+    """A document's sentences: split after . ! ? followed by white space (cheap, good enough for NSP pairs)."""
+    return [s for s in _SENTENCE_END.split(text.strip()) if s]
+
+
+def lines(text: str) -> list[str]:
+    return [s.strip() for s in text.splitlines() if s.strip()]
+
+
+@dataclass
+class Corpus:
+    """Documents as strings, optional integer labels, and what identifies the corpus for the tokenizer cache.
+
+    `segments` splits a document into the sentences next-sentence pairs are made of. A source with its own
+    validation documents sets `val_texts` (and `val_labels`); otherwise a fraction is held out by hash.
+    """
+
+    texts: list[str]
+    labels: list[int] | None
+    identity: Any
+    segments: Callable[[str], list[str]] = sentences
+    val_texts: list[str] | None = None
+    val_labels: list[int] | None = None
+    classes: Sequence[str] | None = field(default=None)
+
+    def all_texts(self) -> Iterable[str]:
+        yield from self.texts
+        yield from self.val_texts or ()
+
+
+def file_identity(paths: Iterable[Path]) -> list[tuple[str, int, int]]:
+    """(path, size, modification time) of each file: what the tokenizer cache key hashes, cheap for any size."""
+    out = []
+    for p in paths:
+        st = p.stat()
+        out.append((str(p.resolve()), st.st_size, st.st_mtime_ns))
+    return out
+
+
+def holdout(texts: Sequence[str], fraction: float) -> np.ndarray:
+    """Boolean mask of the validation documents: those whose CRC-32 falls in the lowest `fraction` of its range."""
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must lie in [0, 1), got {fraction}")
+    threshold = int(fraction * 2**32)
+    return np.fromiter((zlib.crc32(t.encode("utf-8")) < threshold for t in texts), dtype=bool, count=len(texts))
+
+
+class TokenArrays:
+    """Variable-length token sequences in one flat int32 array plus offsets: compact, and shared by forked workers."""
+
+    def __init__(self, tokens: np.ndarray, offsets: np.ndarray) -> None:
+        self.tokens, self.offsets = tokens, offsets
+
+    @classmethod
+    def encode(cls, tokenizer: Any, texts: Sequence[str]) -> "TokenArrays":
+        chunks, lengths = [], []
+        for start in range(0, len(texts), ENCODE_CHUNK):
+            for enc in tokenizer.encode_batch(list(texts[start : start + ENCODE_CHUNK]), add_special_tokens=False):
+                chunks.append(np.asarray(enc.ids, dtype=np.int32))
+                lengths.append(len(enc.ids))
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
+        return cls(tokens, offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def as_sample(index: int, key: int, ids: np.ndarray, **extra: Any) -> dict[str, Any]:
+    input_ids = torch.from_numpy(ids.astype(np.int64))
+    return {"index": index, "key": key, "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids), **extra}
+
+
+class LineDataset(Dataset):
+    """One document per sample: [CLS] its first max_length - 2 tokens [SEP], and its label."""
+
+    def __init__(self, docs: TokenArrays, labels: np.ndarray | None, max_length: int, info: TokenizerInfo,
+                 seed: int) -> None:
+        self.docs, self.labels, self.max_length, self.info, self.seed = docs, labels, max_length, info, seed
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def __getitem__(self, item: tuple[int, int] | int) -> dict[str, Any]:
+        epoch, index = item if isinstance(item, tuple) else (0, item)
+        body = self.docs[index][: self.max_length - 2]
+        ids = np.concatenate([[self.info.cls_id], body, [self.info.sep_id]])
+        extra = {"label": int(self.labels[index])} if self.labels is not None else {}
+        return as_sample(index, sample_key(self.seed, epoch, index), ids, **extra)
+
+
+class BlockDataset(Dataset):
+    """The documents as one stream (a [SEP] after each), cut into blocks: [CLS] max_length - 2 tokens [SEP]."""
+
+    def __init__(self, docs: TokenArrays, max_length: int, info: TokenizerInfo, seed: int) -> None:
+        lengths = docs.lengths()
+        ends = np.cumsum(lengths + 1)  # each document then its [SEP]
+        stream = np.full(int(ends[-1]) if len(ends) else 0, info.sep_id, dtype=np.int32)
+        starts = ends - lengths - 1
+        for d in range(len(docs)):  # documents with their tokens, the [SEP]s already in place
+            stream[starts[d] : starts[d] + lengths[d]] = docs[d]
+        self.stream, self.block, self.info, self.seed = stream, max_length - 2, info, seed
+
+    def __len__(self) -> int:
+        return -(-len(self.stream) // self.block)
+
+    def __getitem__(self, item: tuple[int, int] | int) -> dict[str, Any]:
+        epoch, index = item if isinstance(item, tuple) else (0, item)
+        body = self.stream[index * self.block : (index + 1) * self.block]
+        ids = np.concatenate([[self.info.cls_id], body, [self.info.sep_id]])
+        return as_sample(index, sample_key(self.seed, epoch, index), ids)
+
+
+def truncate_pair(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
+    """BERT's rule: drop tokens from the end of the longer segment until both fit."""
+    while len_a + len_b > budget:
+        if len_a > len_b:
+            len_a -= 1
+        else:
+            len_b -= 1
+    return len_a, len_b
+
+
+class PairDataset(Dataset):
+    """BERT's next-sentence pairs: chunks of consecutive sentences of one document, split into A and B.
+
+    Chunks are fixed once (greedy runs of sentences up to max_length - 3 tokens), so the dataset has a fixed
+    size; each (epoch, index) draws from its sample key where A ends and whether B is the true continuation
+    (label 0) or sentences from another document (label 1, also always when the chunk is a single sentence).
+    """
+
+    def __init__(self, segments: TokenArrays, doc_segments: np.ndarray, max_length: int, info: TokenizerInfo,
+                 seed: int) -> None:
+        if len(doc_segments) < 3:
+            raise DataError("next-sentence pairs need at least 2 documents with text; use a larger corpus")
+        self.segments, self.doc_segments, self.info, self.seed = segments, doc_segments, info, seed
+        self.budget = max_length - 3
+        lengths = segments.lengths()
+        chunks = []
+        for d in range(len(doc_segments) - 1):
+            start, total = int(doc_segments[d]), 0
+            for s in range(int(doc_segments[d]), int(doc_segments[d + 1])):
+                total += int(lengths[s])
+                if total >= self.budget:
+                    chunks.append((d, start, s + 1))
+                    start, total = s + 1, 0
+            if start < doc_segments[d + 1]:
+                chunks.append((d, start, int(doc_segments[d + 1])))
+        self.chunks = np.asarray(chunks, dtype=np.int64).reshape(-1, 3)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def _join(self, first: int, last: int) -> np.ndarray:
+        return self.segments.tokens[self.segments.offsets[first] : self.segments.offsets[last]]
+
+    def __getitem__(self, item: tuple[int, int] | int) -> dict[str, Any]:
+        epoch, index = item if isinstance(item, tuple) else (0, item)
+        key = sample_key(self.seed, epoch, index)
+        rng = np.random.default_rng(key)
+        doc, start, end = (int(v) for v in self.chunks[index])
+        a_end = start + int(rng.integers(1, end - start)) if end - start > 1 else end
+        a = self._join(start, a_end)
+        is_random = a_end == end or bool(rng.random() < 0.5)
+        if is_random:
+            n_docs = len(self.doc_segments) - 1
+            other = int(rng.integers(n_docs - 1))
+            other += other >= doc  # any document but this one
+            first, stop = int(self.doc_segments[other]), int(self.doc_segments[other + 1])
+            b = self._join(first + int(rng.integers(stop - first)), stop)
+        else:
+            b = self._join(a_end, end)
+        len_a, len_b = truncate_pair(len(a), len(b), self.budget)
+        info = self.info
+        ids = np.concatenate([[info.cls_id], a[:len_a], [info.sep_id], b[:len_b], [info.sep_id]])
+        types = torch.zeros(len(ids), dtype=torch.long)
+        types[len_a + 2 :] = 1
+        return as_sample(index, key, ids, token_type_ids=types, next_sentence_label=int(is_random))
+
+
+def tokenizer_settings(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """data.tokenizer with defaults: path (a tokenizer.json or vocab.txt; null: train on the corpus), vocab_size,
+    lowercase, min_frequency, cache_dir."""
+    out = {"path": None, "vocab_size": 8192, "lowercase": True, "min_frequency": 2, "cache_dir": None}
+    unknown = set(cfg or {}) - set(out)
+    if unknown:
+        raise ConfigError(f"unknown data.tokenizer keys {sorted(unknown)}; known: {sorted(out)}")
+    out.update(cfg or {})
+    return out
+
+
+class TextDataModule(KeyedDataModule):
+    """Subclasses implement `read_corpus()` -> Corpus. The tokenizer comes from data.tokenizer.path, or is trained
+    on the corpus once and cached (selfsup/data/tokenizer.py); objectives read its ids from `tokenizer_info`."""
+
+    modality = "text"
+    name = "text"
+
+    def __init__(self, tokenizer: Mapping[str, Any] | None = None, mode: str = "lines", max_length: int = 128,
+                 val_fraction: float = 0.01, next_sentence: bool = False, batch_size: int = 128,
+                 pad_to_multiple_of: int = 8, views: list[dict[str, Any]] | None = None, **kwargs: Any) -> None:
+        super().__init__(batch_size=batch_size, **kwargs)  # `views` is for image objectives: text has none
+        if mode not in MODES:
+            raise ConfigError(f"data.mode must be one of {MODES}, got '{mode}'")
+        if max_length < 8:
+            raise ConfigError(f"data.max_length must be at least 8, got {max_length}")
+        if next_sentence and mode != "packed":
+            raise ConfigError("next-sentence prediction needs sentence pairs, which the packed path builds; "
+                              "add data.mode=packed")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must lie in [0, 1), got {val_fraction}")
+        self.tokenizer_cfg = tokenizer_settings(dict(tokenizer) if tokenizer is not None else None)
+        self.mode, self.max_length, self.val_fraction = mode, max_length, val_fraction
+        self.next_sentence, self.pad_to_multiple_of = next_sentence, pad_to_multiple_of
+        self._corpus: Corpus | None = None
+        self._tokenizer: Any = None
+        self._info: TokenizerInfo | None = None
+        self.tokenizer_path: Path | None = None
+
+    # -- what subclasses provide -------------------------------------------------------------------------
+    def read_corpus(self) -> Corpus:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- corpus and tokenizer, each built once ------------------------------------------------------------
+    @property
+    def corpus(self) -> Corpus:
+        if self._corpus is None:
+            corpus = self.read_corpus()
+            if not any(t.strip() for t in corpus.texts):
+                raise DataError(f"{self.source} holds no text; check the files there")
+            self._corpus = corpus
+        return self._corpus
+
+    @property
+    def tokenizer(self) -> Any:
+        """The `tokenizers.Tokenizer`: loaded from data.tokenizer.path, else trained on the corpus and cached."""
+        if self._tokenizer is None:
+            cfg = self.tokenizer_cfg
+            if cfg["path"]:
+                self.tokenizer_path = tokenizer_file(cfg["path"])
+                tokenizer = load_tokenizer(self.tokenizer_path, cfg["lowercase"])
+            else:
+                corpus = self.corpus
+                n = len(corpus.texts) + len(corpus.val_texts or ())
+                tokenizer, self.tokenizer_path = cached_tokenizer(
+                    corpus.identity, corpus.all_texts, vocab_size=cfg["vocab_size"], lowercase=cfg["lowercase"],
+                    min_frequency=cfg["min_frequency"], cache_dir=cfg["cache_dir"], num_texts=n)
+            try:  # "[MASK]" written in a document is text, not the mask token (tokenizers >= 0.15.1)
+                tokenizer.encode_special_tokens = True
+            except AttributeError:
+                pass
+            self._info = TokenizerInfo.of(tokenizer, f"tokenizer {self.tokenizer_path}")
+            self._tokenizer = tokenizer
+            rank_zero_info(f"tokenizer: {self.tokenizer_path} ({self._info.vocab_size} tokens)")
+        return self._tokenizer
+
+    @property
+    def tokenizer_info(self) -> TokenizerInfo:
+        self.tokenizer
+        return self._info
+
+    # -- datasets ---------------------------------------------------------------------------------------
+    def splits(self) -> tuple[tuple[list[str], list[int] | None], tuple[list[str], list[int] | None]]:
+        """((train texts, labels), (validation texts, labels)): the source's own split, else a hash hold-out."""
+        c = self.corpus
+        if c.val_texts is not None:
+            return (c.texts, c.labels), (c.val_texts, c.val_labels)
+        val = holdout(c.texts, self.val_fraction)
+        pick = lambda keep: ([t for t, v in zip(c.texts, val) if v == keep],  # noqa: E731
+                             [y for y, v in zip(c.labels, val) if v == keep] if c.labels is not None else None)
+        return pick(False), pick(True)
+
+    def make_dataset(self, texts: list[str], labels: list[int] | None) -> Dataset:
+        info, tok = self.tokenizer_info, self.tokenizer
+        if self.next_sentence:
+            segs = [self.corpus.segments(t) for t in texts]
+            flat = TokenArrays.encode(tok, [s for doc in segs for s in doc])
+            lengths = flat.lengths()
+            keep = lengths > 0  # segments without a token (only control characters, say) are dropped
+            owner = np.repeat(np.arange(len(segs)), [len(doc) for doc in segs])
+            counts = np.bincount(owner[keep], minlength=len(segs))
+            flat = TokenArrays(flat.tokens, np.concatenate([[0], np.cumsum(lengths[keep])]))
+            doc_segments = np.concatenate([[0], np.cumsum(counts[counts > 0])]).astype(np.int64)
+            return PairDataset(flat, doc_segments, self.max_length, info, self.seed)
+        docs = TokenArrays.encode(tok, texts)
+        if self.mode == "packed":
+            return BlockDataset(docs, self.max_length, info, self.seed)
+        y = np.asarray(labels, dtype=np.int64) if labels is not None else None
+        return LineDataset(docs, y, self.max_length, info, self.seed)
+
+    def build_datasets(self) -> tuple[Dataset, Dataset | None]:
+        (train_texts, train_labels), (val_texts, val_labels) = self.splits()
+        if not train_texts:
+            raise DataError(f"{self.source}: every document fell into the validation split; lower data.val_fraction")
+        train = self.make_dataset(train_texts, train_labels)
+        val = self.make_dataset(val_texts, val_labels) if len(val_texts) >= (3 if self.next_sentence else 1) else None
+        return train, val
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Pad to the longest sample, rounded up to a multiple of pad_to_multiple_of (at most max_length)."""
+        longest = max(len(s["input_ids"]) for s in samples)
+        m = max(1, self.pad_to_multiple_of)
+        length = min(max(self.max_length, longest), -(-longest // m) * m)
+        ids = torch.full((len(samples), length), self.tokenizer_info.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(samples), length), dtype=torch.long)
+        for row, s in enumerate(samples):
+            n = len(s["input_ids"])
+            ids[row, :n], mask[row, :n] = s["input_ids"], s["attention_mask"]
+        batch = {"input_ids": ids, "index": torch.tensor([s["index"] for s in samples]),
+                 "key": torch.tensor([s["key"] for s in samples])}
+        if not bool(mask.all()):  # no mask without padding (packed blocks): GPUs then use flash attention
+            batch["attention_mask"] = mask
+        for name in ("label", "next_sentence_label"):
+            if name in samples[0]:
+                batch[name] = torch.tensor([s[name] for s in samples])
+        if "token_type_ids" in samples[0]:
+            types = torch.zeros((len(samples), length), dtype=torch.long)
+            for row, s in enumerate(samples):
+                types[row, : len(s["token_type_ids"])] = s["token_type_ids"]
+            batch["token_type_ids"] = types
+        return batch
+
+
+class TextFiles(TextDataModule):
+    """Plain UTF-8 text: a file or a folder of files (`pattern`, default **/*.txt).
+
+    `format=lines`: one document per line. `format=blank_lines`: documents separated by blank lines, one sentence
+    per line (BERT's pretraining format; the lines are the sentences next-sentence pairs use).
+    """
+
+    name = "text_files"
+
+    def __init__(self, root: str | None = None, format: str = "lines", pattern: str = "**/*.txt",
+                 encoding: str = "utf-8", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if format not in ("lines", "blank_lines"):
+            raise ConfigError(f"data.format must be 'lines' or 'blank_lines', got '{format}'")
+        self.root = Path(root).expanduser() if root else None
+        self.format, self.pattern, self.encoding = format, pattern, encoding
+
+    def files(self) -> list[Path]:
+        if self.root is None:
+            raise ConfigError("data=text_files needs data.root=PATH (a text file or a folder of .txt files)")
+        if self.root.is_file():
+            return [self.root]
+        if not self.root.is_dir():
+            raise DataError(f"data.root {self.root} does not exist; give a text file or a folder of text files")
+        files = sorted(p for p in self.root.glob(self.pattern) if p.is_file())
+        if not files:
+            raise DataError(f"no file matches {self.pattern} under {self.root}; add text files or set data.pattern")
+        return files
+
+    def documents(self, text: str) -> list[str]:
+        if self.format == "lines":
+            return [line.strip() for line in text.splitlines() if line.strip()]
+        return [doc.strip() for doc in re.split(r"\n\s*\n", text) if doc.strip()]
+
+    def read_corpus(self) -> Corpus:
+        files, texts = self.files(), []
+        for path in files:
+            try:
+                texts.extend(self.documents(path.read_text(encoding=self.encoding)))
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path} is not {self.encoding} text ({e.reason} at byte {e.start}); convert it "
+                                "or set data.encoding") from None
+            except OSError as e:
+                raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+        identity = {"files": file_identity(files), "format": self.format}
+        return Corpus(texts, None, identity, segments=lines if self.format == "blank_lines" else sentences)
+
+
+def import_datasets() -> Any:
+    try:
+        import datasets
+    except ImportError as e:
+        raise ConfigError("data=hf_text needs Hugging Face datasets: pip install 'selfsup[hf]'") from e
+    return datasets
+
+
+class HFText(TextDataModule):
+    """A Hugging Face dataset: a Hub name (online), a builder with local files (`path=text data_files=...`,
+    also json, csv, parquet), or a folder written by `Dataset.save_to_disk`. Each row is one document."""
+
+    name = "hf_text"
+
+    def __init__(self, path: str | None = None, name: str | None = None, data_files: Any = None,
+                 split: str = "train", val_split: str | None = None, text_field: str = "text",
+                 label_field: str | None = None, cache_dir: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.path, self.config_name, self.data_files = path, name, data_files
+        self.split, self.val_split, self.text_field, self.label_field = split, val_split, text_field, label_field
+        self.cache_dir = cache_dir
+
+    @property
+    def source(self) -> str:
+        return f"hf_text ({self.path})"
+
+    def load_split(self, split: str) -> Any:
+        datasets = import_datasets()
+        if not self.path:
+            raise ConfigError("data=hf_text needs data.path: a dataset name, a builder such as text (with "
+                              "data.data_files), or a folder written by save_to_disk")
+        try:
+            local = Path(self.path).expanduser()
+            if local.is_dir() and any((local / n).is_file() for n in ("dataset_info.json", "dataset_dict.json")):
+                ds = datasets.load_from_disk(str(local))
+                return ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+            files = dict(self.data_files) if isinstance(self.data_files, Mapping) else self.data_files
+            return datasets.load_dataset(self.path, self.config_name, data_files=files, split=split,
+                                         cache_dir=self.cache_dir)
+        except (FileNotFoundError, ValueError, KeyError, ConnectionError) as e:
+            message = " ".join(str(e).split())[:300]
+            raise DataError(f"cannot load Hugging Face dataset {self.path} (split {split}): {message}; check "
+                            "data.path, data.name, data.data_files and data.split") from None
+
+    def columns(self, ds: Any, split: str) -> tuple[list[str], list[int] | None]:
+        for column in (self.text_field, self.label_field):
+            if column is not None and column not in ds.column_names:
+                raise ConfigError(f"{self.path} (split {split}) has no column '{column}' (columns: "
+                                  f"{', '.join(ds.column_names)}); set data.text_field / data.label_field")
+        texts = [t if isinstance(t, str) else "" for t in ds[self.text_field]]
+        labels = [int(y) for y in ds[self.label_field]] if self.label_field else None
+        if labels is not None:  # drop empty documents together with their labels
+            pairs = [(t, y) for t, y in zip(texts, labels) if t.strip()]
+            return [t for t, _ in pairs], [y for _, y in pairs]
+        return [t for t in texts if t.strip()], None
+
+    def read_corpus(self) -> Corpus:
+        train = self.load_split(self.split)
+        texts, labels = self.columns(train, self.split)
+        identity: dict[str, Any] = {"path": self.path, "name": self.config_name, "split": self.split,
+                                    "fingerprint": getattr(train, "_fingerprint", None)}
+        corpus = Corpus(texts, labels, identity)
+        if self.val_split:
+            val = self.load_split(self.val_split)
+            corpus.val_texts, corpus.val_labels = self.columns(val, self.val_split)
+            identity["val"] = [self.val_split, getattr(val, "_fingerprint", None)]
+        return corpus

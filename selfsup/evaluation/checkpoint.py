@@ -1,0 +1,88 @@
+"""A pretrained backbone from a run: its config rebuilds the backbone, its checkpoint supplies the weights.
+
+A run folder holds `config.yaml` (the resolved config) and `checkpoints/*.ckpt`; a checkpoint path may name
+the folder (its newest loadable checkpoint is used) or one .ckpt file in it. Checkpoints are read as data only
+(checkpoint_io.load_checkpoint, weights_only).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from selfsup import runs
+from selfsup.checkpoint_io import load_checkpoint
+from selfsup.errors import ConfigError
+
+PREFIX = "backbone."
+
+
+@dataclass
+class Pretrained:
+    """What eval, embed and export need from a run."""
+
+    backbone: nn.Module
+    run_cfg: DictConfig
+    checkpoint: Path
+    run_dir: Path
+    step: int
+
+
+def resolve_checkpoint(path: str | Path | None) -> tuple[Path, Path]:
+    """(checkpoint file, run folder) for a .ckpt file or a run folder; a one-line ConfigError when missing."""
+    if path in (None, "", "???"):
+        raise ConfigError("give checkpoint=PATH: a run folder (runs/<date>/<time>_<objective>) or a .ckpt file in it")
+    p = Path(str(path)).expanduser()
+    if p.is_dir():
+        run_dir = p.parent if p.name == runs.CHECKPOINTS else p
+        found = runs.newest_loadable(runs.checkpoint_dir(run_dir))
+        if found is None:
+            raise ConfigError(f"checkpoint={path}: no loadable checkpoint in {runs.checkpoint_dir(run_dir)}; "
+                              "train first, or give a .ckpt file")
+        ckpt = found[0]
+    elif p.is_file():
+        ckpt = p
+        run_dir = p.parent.parent if p.parent.name == runs.CHECKPOINTS else p.parent
+    else:
+        raise ConfigError(f"checkpoint={path}: no such file or folder; give a run folder or a .ckpt file")
+    if not (run_dir / runs.CONFIG).is_file():
+        raise ConfigError(f"no {runs.CONFIG} in run folder {run_dir}: the checkpoint's run config is needed to "
+                          f"rebuild its backbone; keep {ckpt.name} inside its run folder (RUN/checkpoints/)")
+    return ckpt, run_dir
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    return OmegaConf.load(run_dir / runs.CONFIG)
+
+
+def backbone_state(checkpoint: dict[str, Any], source: Path) -> dict[str, Any]:
+    """The `backbone.*` weights of a Lightning checkpoint, without the prefix."""
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        raise ConfigError(f"{source} is not a training checkpoint (no state_dict); give one from RUN/checkpoints/")
+    weights = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
+    if not weights:
+        raise ConfigError(f"{source} holds no backbone weights (no '{PREFIX}*' keys)")
+    return weights
+
+
+def build_backbone(run_cfg: DictConfig) -> nn.Module:
+    from selfsup.train import build
+
+    return build(run_cfg.backbone)
+
+
+def load_pretrained(path: str | Path | None) -> Pretrained:
+    """Rebuild the run's backbone from its config.yaml and load the checkpoint's backbone weights (strictly)."""
+    ckpt_path, run_dir = resolve_checkpoint(path)
+    run_cfg = load_run_config(run_dir)
+    checkpoint = load_checkpoint(ckpt_path)
+    backbone = build_backbone(run_cfg)
+    missing, unexpected = backbone.load_state_dict(backbone_state(checkpoint, ckpt_path), strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"{ckpt_path} does not fit the backbone of {run_dir / runs.CONFIG} (missing "
+                          f"{missing[:3]}, unexpected {unexpected[:3]}); was the config edited after training?")
+    return Pretrained(backbone.eval(), run_cfg, ckpt_path, run_dir, int(checkpoint.get("global_step", 0)))

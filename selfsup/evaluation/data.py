@@ -1,0 +1,89 @@
+"""The labelled data an evaluation runs on: the run's own data, or any `data=` choice, fitted to the backbone.
+
+Image data is resized to the size the backbone was pretrained at (a ViT's position grid is fixed) and must
+have its channel count; text data keeps the run's tokenizer (token ids are only meaningful with it).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from selfsup.checks import target_attr
+from selfsup.errors import ConfigError, DataError
+
+
+def run_tokenizer_path(run_cfg: DictConfig) -> str | None:
+    """The tokenizer file a text run used (the data.tokenizer.path it was given, or its cached trained one)."""
+    from selfsup.train import build
+
+    given = OmegaConf.select(run_cfg, "data.tokenizer.path")
+    if given:
+        return str(given)
+    data = build(run_cfg.data, _convert_="all")
+    _ = data.tokenizer  # loads (or finds in the cache) the tokenizer trained on the run's corpus
+    return str(data.tokenizer_path) if data.tokenizer_path else None
+
+
+def eval_data_node(data_cfg: DictConfig | None, run_cfg: DictConfig, backbone: nn.Module) -> DictConfig:
+    """The data config to build: `data_cfg` (a `data=` choice) or the run's, with the backbone's input shape."""
+    given = data_cfg is not None
+    node = OmegaConf.create(OmegaConf.to_container(data_cfg if given else run_cfg.data, resolve=True))
+    modality = getattr(backbone, "modality", "image")
+    have = target_attr(node, "modality")
+    if have and have != modality:
+        raise ConfigError(f"the checkpoint's backbone takes {modality} input but data {node._target_} gives {have}; "
+                          f"pick {modality} data (or leave data= out to use the run's own)")
+    if modality == "image":
+        size = getattr(backbone, "img_size", None)
+        if size is not None and node.get("image_size") != size:
+            if given and node.get("image_size") is not None:
+                print(f"note: images are resized to {size} px, the size the backbone was pretrained at "
+                      f"(data.image_size was {node.get('image_size')})")
+            node.image_size = size
+        chans = getattr(backbone, "in_chans", None)
+        data_chans = node.get("channels", 3)
+        if chans is not None and data_chans != chans:
+            raise ConfigError(f"the backbone takes {chans}-channel images but the data gives {data_chans}; pick data "
+                              f"with {chans} channels (data.channels={chans} where the source can convert)")
+    elif modality == "text" and given and node.get("tokenizer") is not None:
+        node.tokenizer.path = run_tokenizer_path(run_cfg)
+    return node
+
+
+def build_eval_data(data_cfg: DictConfig | None, run_cfg: DictConfig, backbone: nn.Module,
+                    views: list[dict[str, Any]], seed: int = 0, batch_size: int | None = None) -> Any:
+    """The data module, set up, with the protocol's training views."""
+    from selfsup.train import build
+
+    node = eval_data_node(data_cfg, run_cfg, backbone)
+    if batch_size:
+        node.batch_size = int(batch_size)
+    data = build(node, views=views, seed=seed, _convert_="all")
+    data.setup()
+    return data
+
+
+def check_labelled(data: Any, what: str) -> None:
+    """A DataError before any heavy work when the data has no labels or no validation split."""
+    if not data.has_labels():
+        raise DataError(f"{what} needs labelled data, and {data.source} has no labels; pass data=NAME with labels "
+                        "(e.g. data=cifar10, data=fashion_mnist, data=image_folder data.root=DIR)")
+    if data.eval_dataset("val") is None:
+        raise DataError(f"{what} measures accuracy on a validation split, and {data.source} has none; use data with "
+                        "one (image folders: DIR/val/<class>/...)")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto`: the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"device={name}: {e}; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA GPU is visible; use device=auto or cpu")
+    return device

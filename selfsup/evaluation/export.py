@@ -1,0 +1,223 @@
+"""Export a pretrained backbone for use outside selfsup: `python -m selfsup.evaluation.export checkpoint=RUN out=DIR`.
+
+Image backbones become `DIR/model.safetensors` with the state dict of the plain timm model (selfsup's `vit.` /
+`net.` prefix stripped) and `DIR/config.json` with the timm name and the create_model kwargs that rebuild the
+same network, so that
+
+    timm.create_model(name, pretrained=True, num_classes=0, **kwargs,
+                      pretrained_cfg_overlay=dict(file="DIR/model.safetensors"))
+
+loads it. Pooling follows the backbone: `cls` is timm's `global_pool="token"`; `mean` is `global_pool="avg"` with
+`fc_norm=False` (selfsup normalises every token, then averages, as timm does without fc_norm). ResNets trained
+with the CIFAR stem (3x3 stride-1 first convolution, no max-pool) have no timm create kwarg for that stem: build
+them with `load_timm(DIR)` here, which swaps the stem as selfsup does and loads the weights strictly.
+
+Text encoders (selfsup's TextTransformer) become `model.safetensors`, `config.json` (the constructor's kwargs)
+and the run's tokenizer file (`tokenizer.json`, or `vocab.txt`); `load_text_encoder(DIR)` rebuilds both.
+Before writing, the export checks that the rebuilt model gives the backbone's features.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from selfsup.errors import ConfigError, SelfsupError, one_line
+from selfsup.evaluation.checkpoint import Pretrained, load_pretrained
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+
+
+def _extra_kwargs(backbone_cfg: DictConfig, cls: type) -> dict[str, Any]:
+    """Config keys the selfsup class does not take itself: passed through to timm.create_model (e.g. depth)."""
+    own = set(inspect.signature(cls.__init__).parameters) - {"self", "timm_kwargs", "kwargs"}
+    node = OmegaConf.to_container(backbone_cfg, resolve=True)
+    return {k: v for k, v in node.items() if k != "_target_" and k not in own}
+
+
+def timm_spec(backbone: nn.Module, backbone_cfg: DictConfig) -> dict[str, Any]:
+    """The timm name, create_model kwargs and stem of an image backbone."""
+    from selfsup.backbones.resnet import ResNet
+    from selfsup.backbones.vit import ViT
+
+    if isinstance(backbone, ViT):
+        kwargs = {"img_size": backbone.img_size, "patch_size": backbone.patch_size, "in_chans": backbone.in_chans,
+                  "class_token": True, **_extra_kwargs(backbone_cfg, ViT)}
+        kwargs.update({"global_pool": "token"} if backbone.pool == "cls" else {"global_pool": "avg", "fc_norm": False})
+        return {"name": backbone.name, "kwargs": kwargs, "cifar_stem": False}
+    if isinstance(backbone, ResNet):
+        kwargs = {"in_chans": backbone.in_chans, **_extra_kwargs(backbone_cfg, ResNet)}
+        return {"name": backbone.name, "kwargs": kwargs, "cifar_stem": backbone.cifar_stem}
+    raise ConfigError(f"no timm export for {type(backbone).__name__}; image backbones are ViT and ResNet")
+
+
+def timm_module(backbone: nn.Module) -> nn.Module:
+    """The plain timm model inside a selfsup image backbone."""
+    return backbone.vit if hasattr(backbone, "vit") else backbone.net
+
+
+def cifar_stem(model: nn.Module) -> nn.Module:
+    """Give a timm ResNet selfsup's CIFAR stem (3x3 stride-1 convolution, no max-pool), in place."""
+    width, in_chans = model.conv1.out_channels, model.conv1.in_channels
+    model.conv1 = nn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1, bias=False)
+    model.bn1 = nn.BatchNorm2d(width)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def load_timm(folder: str | Path) -> nn.Module:
+    """The exported image backbone as a timm model (CIFAR stem included), weights loaded strictly, in eval mode."""
+    import timm
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    cfg = json.loads((folder / CONFIG).read_text())
+    model = timm.create_model(cfg["timm_name"], pretrained=False, num_classes=0, **cfg["timm_kwargs"])
+    if cfg.get("cifar_stem"):
+        cifar_stem(model)
+    model.load_state_dict(load_file(str(folder / WEIGHTS)), strict=True)
+    return model.eval()
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A state dict safetensors can write: contiguous tensors that share no storage."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def _normalisation(run_cfg: DictConfig) -> dict[str, Any]:
+    """The mean and std images were normalised with in pretraining, from the run's data module (not loaded)."""
+    from selfsup.train import build
+
+    try:
+        data = build(run_cfg.data, _convert_="all")
+    except (SelfsupError, ImportError, TypeError, ValueError):
+        return {}
+    mean, std = getattr(data, "mean", None), getattr(data, "std", None)
+    if mean is None or std is None:
+        return {}
+    return {"mean": [round(float(v), 6) for v in mean.flatten()], "std": [round(float(v), 6) for v in std.flatten()]}
+
+
+def _check_same_features(exported: nn.Module, backbone: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+    with torch.no_grad():
+        a, b = exported.eval()(*inputs), backbone.eval()(*inputs)
+    if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
+        raise ConfigError("the exported model's features differ from the backbone's; please report this")
+
+
+def export_image(pre: Pretrained, out: Path) -> dict[str, Any]:
+    from safetensors.torch import save_file
+
+    spec = timm_spec(pre.backbone, pre.run_cfg.backbone)
+    norm = _normalisation(pre.run_cfg)
+    chans, size = pre.backbone.in_chans, pre.backbone.img_size
+    config = {"format": "timm", "timm_name": spec["name"], "timm_kwargs": spec["kwargs"],
+              "cifar_stem": spec["cifar_stem"], "num_features": pre.backbone.num_features,
+              "pretrained_cfg_overlay": {"input_size": [chans, size, size], "num_classes": 0, **norm},
+              "source": {"checkpoint": str(pre.checkpoint.resolve()), "step": pre.step}}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(_state(timm_module(pre.backbone)), str(out / WEIGHTS))
+    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    _check_same_features(load_timm(out), pre.backbone, (torch.randn(2, chans, size, size),))
+    return config
+
+
+# -- text ---------------------------------------------------------------------------------------------------
+def load_text_encoder(folder: str | Path) -> tuple[nn.Module, Any]:
+    """(TextTransformer with the exported weights, its `tokenizers.Tokenizer`) from an export folder."""
+    from safetensors.torch import load_file
+
+    from selfsup.backbones.text import TextTransformer
+    from selfsup.data.tokenizer import load_tokenizer
+
+    folder = Path(folder)
+    cfg = json.loads((folder / CONFIG).read_text())
+    model = TextTransformer(**cfg["kwargs"])
+    model.load_state_dict(load_file(str(folder / WEIGHTS)), strict=True)
+    tokenizer = load_tokenizer(folder / cfg["tokenizer"], cfg.get("lowercase", True))
+    return model.eval(), tokenizer
+
+
+def export_text(pre: Pretrained, out: Path) -> dict[str, Any]:
+    from safetensors.torch import save_file
+
+    from selfsup.evaluation.data import run_tokenizer_path
+
+    tokenizer = run_tokenizer_path(pre.run_cfg)
+    if tokenizer is None or not Path(tokenizer).is_file():
+        raise ConfigError(f"cannot find the tokenizer of run {pre.run_dir}; set data.tokenizer.path in its config")
+    name = "vocab.txt" if Path(tokenizer).suffix == ".txt" else "tokenizer.json"
+    kwargs = {k: v for k, v in OmegaConf.to_container(pre.run_cfg.backbone, resolve=True).items() if k != "_target_"}
+    config = {"format": "selfsup-text", "architecture": "selfsup.backbones.text.TextTransformer", "kwargs": kwargs,
+              "tokenizer": name, "lowercase": bool(OmegaConf.select(pre.run_cfg, "data.tokenizer.lowercase",
+                                                                     default=True)),
+              "num_features": pre.backbone.num_features,
+              "source": {"checkpoint": str(pre.checkpoint.resolve()), "step": pre.step}}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(_state(pre.backbone), str(out / WEIGHTS))
+    shutil.copyfile(tokenizer, out / name)
+    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    model, _ = load_text_encoder(out)
+    ids = torch.randint(5, int(kwargs.get("vocab_size", 6)), (2, 8))
+    _check_same_features(model, pre.backbone, (ids, torch.ones_like(ids)))
+    return config
+
+
+def export(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
+    """Export a run's backbone to `out`; returns what config.json says."""
+    pre = load_pretrained(checkpoint)
+    modality = getattr(pre.backbone, "modality", "image")
+    target = Path(str(out)).expanduser()
+    if modality == "image":
+        return export_image(pre, target)
+    if modality == "text":
+        return export_text(pre, target)
+    raise ConfigError(f"no export for {modality} backbones")
+
+
+def parse_args(argv: list[str]) -> dict[str, str]:
+    """`checkpoint=PATH out=DIR`, both required."""
+    args: dict[str, str] = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in ("checkpoint", "out"):
+            raise ConfigError(f"unknown argument '{arg}'; usage: python -m selfsup.evaluation.export "
+                              "checkpoint=RUN_DIR_OR_CKPT out=DIR")
+        args[key] = value
+    for key in ("checkpoint", "out"):
+        if not args.get(key):
+            raise ConfigError(f"give {key}=...; usage: python -m selfsup.evaluation.export checkpoint=RUN out=DIR")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = parse_args(argv)
+        config = export(args["checkpoint"], args["out"])
+    except SelfsupError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    out = Path(args["out"])
+    if config["format"] == "timm" and config["cifar_stem"]:
+        print(f"wrote {out / WEIGHTS} and {out / CONFIG}\nload with: selfsup.evaluation.export.load_timm({str(out)!r}) "
+              "(timm has no create kwarg for the CIFAR stem; load_timm builds the timm ResNet, swaps in the stem "
+              "and loads the weights strictly)")
+    elif config["format"] == "timm":
+        kwargs = ", ".join(f"{k}={v!r}" for k, v in config["timm_kwargs"].items())
+        print(f"wrote {out / WEIGHTS} and {out / CONFIG}\nload with: timm.create_model({config['timm_name']!r}, "
+              f"pretrained=True, num_classes=0, {kwargs}, pretrained_cfg_overlay=dict(file={str(out / WEIGHTS)!r}))")
+    else:
+        print(f"wrote {out / WEIGHTS}, {out / CONFIG} and {out / config['tokenizer']}; "
+              "load with selfsup.evaluation.export.load_text_encoder(DIR)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,55 @@
+"""What every evaluation protocol gets (EvalContext) and implements (Protocol.run)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, ContextManager
+
+import torch
+from torch import nn
+
+from selfsup.evaluation.features import FeatureSet, autocast_for, extract
+
+EVAL_VIEWS = [{"key": "image"}]  # resize + centre crop: what kNN and probes see
+
+
+def no_log(metrics: dict[str, float], step: int) -> None:
+    """The default logger: nothing."""
+
+
+@dataclass
+class EvalContext:
+    """The labelled data, where to run, and where metrics go. Sample caps apply to the cached features of
+    kNN and linear probes (an evenly spread subset of each split; None: all of it)."""
+
+    data: Any  # a KeyedDataModule built with the protocol's `views`
+    device: torch.device
+    num_classes: int
+    precision: str = "auto"
+    seed: int = 0
+    batch_size: int | None = None
+    max_train_samples: int | None = None
+    max_val_samples: int | None = None
+    log: Callable[[dict[str, float], int], None] = field(default=no_log)
+
+    def autocast(self) -> ContextManager:
+        return autocast_for(self.device, self.precision)
+
+    def features(self, backbone: nn.Module, split: str) -> FeatureSet:
+        """The frozen backbone's features of a split, with eval views, in index order."""
+        cap = self.max_train_samples if split == "train" else self.max_val_samples
+        loader = self.data.eval_dataloader(split, max_samples=cap, batch_size=self.batch_size)
+        return extract(backbone, loader, self.device, self.data.normalize, self.autocast)
+
+
+class Protocol:
+    """An evaluation of a pretrained backbone on labelled data; `run` returns the metrics for results.json.
+
+    `views`: the training views the data module makes for it (fine-tuning augments; frozen-feature protocols
+    only use eval views). Every protocol needs labels.
+    """
+
+    name: ClassVar[str]
+    views: list[dict[str, Any]] = EVAL_VIEWS
+
+    def run(self, backbone: nn.Module, ctx: EvalContext) -> dict[str, float]:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,98 @@
+"""What `python eval.py` runs: check the inputs, load the backbone, run the protocol, write results.json."""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from selfsup.checks import check_command_line, choices
+from selfsup.errors import ConfigError
+from selfsup.evaluation.checkpoint import load_pretrained, resolve_checkpoint
+from selfsup.evaluation.data import build_eval_data, check_labelled, pick_device
+from selfsup.evaluation.features import num_classes_of
+from selfsup.evaluation.protocol import EvalContext
+from selfsup.evaluation.results import RESULTS, EvalLogger, update_results
+
+
+def check_group_choice(argv: Sequence[str], config_dir: Path, group: str) -> None:
+    """An unknown `group=name` (e.g. protocol=) named with the choices, before Hydra's longer error."""
+    for arg in argv:
+        m = re.fullmatch(rf"[+~]?{group}=([\w.-]+)", arg)
+        if m and not (config_dir / group / f"{m.group(1)}.yaml").is_file():
+            raise ConfigError(f"unknown {group} '{m.group(1)}'; choose one of: {', '.join(choices(config_dir, group))}")
+
+
+def compose(config_dir: Path, name: str, argv: Sequence[str], groups: Sequence[str] = ()) -> DictConfig:
+    """The config `name` composed with command-line overrides (Hydra's compose API: no output folder, no
+    logging set-up), with unknown group choices and Hydra's own errors as one-line ConfigErrors."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    check_command_line(argv, config_dir)
+    for group in groups:
+        check_group_choice(argv, config_dir, group)
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            return hydra_compose(config_name=name, overrides=list(argv))
+    except (HydraException, OmegaConfBaseException) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise ConfigError(" ".join(lines[:2])) from None  # e.g. "Could not override 'x'. To append ... use +x=1"
+
+
+def required(cfg: DictConfig, key: str, hint: str) -> Any:
+    if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
+        raise ConfigError(f"give {key}=... ({hint})")
+    return cfg[key]
+
+
+def wandb_settings(cfg: DictConfig, run_cfg: DictConfig) -> dict[str, Any] | None:
+    """The eval's wandb run goes to the training run's project and group, in this command's mode."""
+    wb = cfg.logger.get("wandb") if cfg.get("logger") else None
+    if wb is None or wb.get("mode", "disabled") == "disabled":
+        return None
+    trained = OmegaConf.select(run_cfg, "logger.wandb") or {}
+    objective = str(OmegaConf.select(run_cfg, "objective._target_") or "run").rsplit(".", 1)[-1].lower()
+    return {"mode": wb.mode, "project": trained.get("project") or wb.get("project"),
+            "group": trained.get("group") or wb.get("group") or objective, "tags": list(wb.get("tags") or [])}
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Run one protocol on one checkpoint; returns the results.json entry it wrote."""
+    from selfsup.train import build
+
+    checkpoint = required(cfg, "checkpoint", "a run folder or a .ckpt file in one")
+    resolve_checkpoint(checkpoint)  # a missing checkpoint fails here, before anything is built
+    protocol = build(cfg.protocol, _convert_="all")
+    device = pick_device(cfg.device)
+    pre = load_pretrained(checkpoint)
+    data = build_eval_data(cfg.get("data"), pre.run_cfg, pre.backbone, protocol.views, cfg.seed, cfg.batch_size)
+    check_labelled(data, f"protocol={protocol.name}")
+    if protocol.name in ("finetune", "lora"):
+        data.check_before_training(1)
+
+    out_dir = Path(cfg.out).expanduser() if cfg.get("out") else pre.run_dir
+    logger = EvalLogger(out_dir / "eval" / protocol.name, csv_enabled=bool(cfg.logger.get("csv", True)),
+                        wandb=wandb_settings(cfg, pre.run_cfg), name=f"{pre.run_dir.name}-{protocol.name}",
+                        config={"eval": OmegaConf.to_container(cfg, resolve=True), "checkpoint": str(pre.checkpoint)})
+    torch.manual_seed(cfg.seed)
+    ctx = EvalContext(data=data, device=device, num_classes=num_classes_of(data), precision=cfg.precision,
+                      seed=cfg.seed, batch_size=cfg.get("batch_size"), max_train_samples=cfg.get("max_train_samples"),
+                      max_val_samples=cfg.get("max_val_samples"), log=logger)
+    print(f"{protocol.name}: {pre.checkpoint} (step {pre.step}) on {data.source}, {ctx.num_classes} classes, "
+          f"device {device}", flush=True)
+    start = time.perf_counter()
+    metrics = protocol.run(pre.backbone.to(device), ctx)
+    entry = {**metrics, "checkpoint": str(pre.checkpoint.resolve()), "step": pre.step, "data": data.source,
+             "seconds": round(time.perf_counter() - start, 2),
+             "protocol": OmegaConf.to_container(cfg.protocol, resolve=True)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    update_results(out_dir / RESULTS, protocol.name, entry)
+    logger.finish(metrics)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val/") and isinstance(v, float))
+    print(f"{protocol.name}: {shown}\nwrote {out_dir / RESULTS}", flush=True)
+    return entry

@@ -3,10 +3,10 @@
     python bench/throughput.py objective=mae backbone=vit_base data.image_size=224 data.batch_size=256 \
         objective.decoder_dim=512 objective.decoder_depth=8 objective.decoder_heads=16 [compile=true]
     python bench/throughput.py objective=simclr backbone=resnet50 data=synthetic data.image_size=224 \
-        data.batch_size=256 data.augment_on=gpu     # the step including GPU augmentation of uint8 images
+        data.batch_size=256 data.augment_on=cpu     # the GPU step alone (views made in advance)
 
-With `data.augment_on=gpu` the timed step starts from uint8 images and makes the objective's views on the
-device (what training does); otherwise the views are made in advance (the GPU step alone). PIPELINE=1 times
+With `data.augment_on=gpu` (`auto` on a GPU) the timed step starts from uint8 images and makes the objective's
+views on the device (what training does); with `cpu` the views are made in advance (the GPU step alone). PIPELINE=1 times
 whole training iterations fed by the configured data module's loader (CPU decoding, transfer, augmentation).
 
 Prints one JSON line: samples/s, step time (median of timed steps, each between device syncs), model

@@ -23,7 +23,7 @@ CASES = {
     "missing cifar": (["data=cifar10", "data.root=/nonexistent/cifar"],
                       "cifar10 not found under /nonexistent/cifar"),
     "unknown optimizer": (["optim.name=lamb"], "unknown optimizer 'lamb' in optim.name; choose adamw, lars or sgd"),
-    "augmentation device": (["data.augment_on=tpu"], "data.augment_on must be one of ('cpu', 'gpu'), got 'tpu'"),
+    "augmentation device": (["data.augment_on=tpu"], "data.augment_on must be one of ('auto', 'cpu', 'gpu'), got 'tpu'"),
     "unknown view option": (["+objective.views.0.colour_jitter=0.4"], "unknown view options ['colour_jitter']"),
     "resume from nothing": (["resume=/nonexistent/run.ckpt"], "resume=/nonexistent/run.ckpt: no checkpoint at"),
 }

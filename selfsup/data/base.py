@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from selfsup.data.sampling import EpochSampler, KeyedViews
 from selfsup.data.augment import ViewSpec
-from selfsup.data.views import AUGMENT_ON, device_views, eval_views, worker_views
+from selfsup.data.views import AUGMENT_ON, device_views, eval_views, resolve_augment_on, worker_views
 from selfsup.errors import ConfigError, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -204,14 +204,14 @@ class ImageDataModule(KeyedDataModule):
 
     def __init__(self, batch_size: int = 256, image_size: int = 224, channels: int = 3,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 views: list[dict[str, Any]] | None = None, augment_on: str = "cpu", **kwargs: Any) -> None:
+                 views: list[dict[str, Any]] | None = None, augment_on: str = "auto", **kwargs: Any) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
         self.image_size, self.channels = image_size, channels
         if len(mean) != channels or len(std) != channels:
             raise ConfigError(f"data.mean and data.std need {channels} values (data.channels), got {len(mean)}, {len(std)}")
         if augment_on not in AUGMENT_ON:
             raise ConfigError(f"data.augment_on must be one of {AUGMENT_ON}, got '{augment_on}'")
-        self.augment_on = augment_on
+        self.augment_on = resolve_augment_on(augment_on)
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
         self.views = [ViewSpec.parse(v) for v in (views or [{"key": "image"}])]

@@ -1,7 +1,8 @@
 """Which view is made where: the training and evaluation views of an image data module.
 
 An objective declares its views (its config's `views:` list, parsed into augment.ViewSpec). With
-`data.augment_on=cpu` the data workers make every view. With `data.augment_on=gpu` the workers only decode:
+`data.augment_on=cpu` the data workers make every view. With `data.augment_on=gpu` (what `auto` picks when there
+is a GPU) the workers only decode:
 they pass the image on once, as the `source` field, and the device makes every view from it after transfer,
 which also halves the host-to-device copy of two-view objectives. Sources whose images differ in size
 (image folders) cannot be batched uncropped, so there the workers crop and flip, and the device does the rest.
@@ -16,7 +17,14 @@ from torchvision.transforms.v2 import functional as TF
 from selfsup.data.augment import CPUView, ViewSpec, augment
 
 SOURCE = "source"  # the batch field of the undecorated image in GPU mode
-AUGMENT_ON = ("cpu", "gpu")
+AUGMENT_ON = ("auto", "cpu", "gpu")
+
+
+def resolve_augment_on(value: str) -> str:
+    """`auto`: on the GPU when there is one (the CPU then only decodes), else in the data workers."""
+    if value == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return value
 
 View = Callable[[Any, int], torch.Tensor]
 

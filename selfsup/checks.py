@@ -20,11 +20,11 @@ def choices(config_dir: Path, group: str) -> list[str]:
     return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
 
 
-def check_command_line(argv: Sequence[str], config_dir: Path) -> None:
+def check_command_line(argv: Sequence[str], config_dir: Path, groups: Sequence[str] = GROUPS) -> None:
     """An unknown `group=name` on the command line, named with the choices, before Hydra's longer error."""
     for arg in argv:
         m = re.fullmatch(r"[+~]?(\w+)=([\w.-]+)", arg)
-        if not m or m.group(1) not in GROUPS or m.group(2) == "null":
+        if not m or m.group(1) not in groups or m.group(2) == "null":
             continue
         group, name = m.groups()
         for option in name.split(","):  # multirun lists: objective=mae,simclr

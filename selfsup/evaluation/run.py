@@ -1,7 +1,6 @@
 """What `python eval.py` runs: check the inputs, load the backbone, run the protocol, write results.json."""
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -9,21 +8,13 @@ from typing import Any, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from selfsup.checks import check_command_line, choices
+from selfsup.checks import GROUPS, check_command_line
 from selfsup.errors import ConfigError
 from selfsup.evaluation.checkpoint import load_pretrained, resolve_checkpoint
 from selfsup.evaluation.data import build_eval_data, check_labelled, pick_device
 from selfsup.evaluation.features import num_classes_of
 from selfsup.evaluation.protocol import EvalContext
 from selfsup.evaluation.results import RESULTS, EvalLogger, update_results
-
-
-def check_group_choice(argv: Sequence[str], config_dir: Path, group: str) -> None:
-    """An unknown `group=name` (e.g. protocol=) named with the choices, before Hydra's longer error."""
-    for arg in argv:
-        m = re.fullmatch(rf"[+~]?{group}=([\w.-]+)", arg)
-        if m and not (config_dir / group / f"{m.group(1)}.yaml").is_file():
-            raise ConfigError(f"unknown {group} '{m.group(1)}'; choose one of: {', '.join(choices(config_dir, group))}")
 
 
 def compose(config_dir: Path, name: str, argv: Sequence[str], groups: Sequence[str] = ()) -> DictConfig:
@@ -33,9 +24,7 @@ def compose(config_dir: Path, name: str, argv: Sequence[str], groups: Sequence[s
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    check_command_line(argv, config_dir)
-    for group in groups:
-        check_group_choice(argv, config_dir, group)
+    check_command_line(argv, config_dir, (*GROUPS, *groups))
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             return hydra_compose(config_name=name, overrides=list(argv))

@@ -58,7 +58,7 @@ def synthetic_batch(cfg, batch_size: int, device: torch.device, views: list[dict
     from selfsup.checks import target_attr
 
     if target_attr(cfg.objective, "modality") == "text":
-        from selfsup.data.tokenizer import TokenizerInfo
+        from selfsup.token_ids import TokenizerInfo
 
         info, length = TokenizerInfo.default(int(cfg.backbone.vocab_size)), int(cfg.data.max_length)
         ids = torch.randint(max(info.special_ids) + 1, info.vocab_size, (batch_size, length), device=device)

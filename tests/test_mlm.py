@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import run_train
 from selfsup.backbones.text import TextTransformer
 from selfsup.data.text import TextFiles
-from selfsup.data.tokenizer import TokenizerInfo
+from selfsup.token_ids import TokenizerInfo
 from selfsup.errors import ConfigError
 from selfsup.objectives.mlm import MLM, max_chosen
 

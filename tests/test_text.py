@@ -14,9 +14,11 @@ from conftest import run_train
 from selfsup.backbones.text import TextTransformer
 from selfsup.data import tokenizer as tok
 from selfsup.data import wordnet
-from selfsup.data.text import HFText, TextFiles, holdout, truncate_pair
+from selfsup.data.text import HFText, TextFiles
+from selfsup.data.text_datasets import holdout, truncate_pair
 from selfsup.data.wordnet import LEXNAMES, WordNet, split_gloss
 from selfsup.errors import ConfigError, DataError
+from selfsup.token_ids import TokenizerInfo
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 STORY = [
@@ -44,8 +46,8 @@ def test_tokenizer_trains_once_caches_atomically_and_round_trips(tmp_path, monke
     trained, path = tok.cached_tokenizer({"corpus": 1}, lambda: iter(STORY), vocab_size=100, min_frequency=1,
                                          cache_dir=cache)
     assert path.parent == cache and path.suffix == ".json" and [p.name for p in cache.iterdir()] == [path.name]
-    info = tok.TokenizerInfo.of(trained)
-    assert info == tok.TokenizerInfo.default(trained.get_vocab_size())  # [PAD] [UNK] [CLS] [SEP] [MASK] = 0..4
+    info = tok.token_ids_of(trained)
+    assert info == TokenizerInfo.default(trained.get_vocab_size())  # [PAD] [UNK] [CLS] [SEP] [MASK] = 0..4
     loaded = tok.load_tokenizer(path)
     for text in STORY:
         assert loaded.encode(text).ids == trained.encode(text).ids
@@ -71,7 +73,7 @@ def test_bert_vocab_txt_loads_with_its_own_special_ids(tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(words) + "\n", encoding="utf-8")
     loaded = tok.load_tokenizer(vocab)
-    info = tok.TokenizerInfo.of(loaded)
+    info = tok.token_ids_of(loaded)
     assert (info.pad_id, info.unk_id, info.cls_id, info.sep_id, info.mask_id) == (0, 2, 3, 4, 5)
     assert info.vocab_size == len(words) and info.special_ids == (0, 2, 3, 4, 5)
     enc = loaded.encode("The quick fox JUMPS over the cat.", add_special_tokens=False)
@@ -96,7 +98,7 @@ def test_bad_tokenizer_files_are_named(tmp_path):
     no_mask = tmp_path / "vocab.txt"
     no_mask.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nword\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"has no \[MASK\] token"):
-        tok.TokenizerInfo.of(tok.load_tokenizer(no_mask))
+        tok.token_ids_of(tok.load_tokenizer(no_mask))
 
 
 # -- WordNet ---------------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import json
 import os
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -20,6 +19,7 @@ from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, trainer
 from tokenizers.models import WordPiece
 
 from selfsup.errors import ConfigError, DataError
+from selfsup.token_ids import TokenizerInfo
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # a trained tokenizer gives them ids 0..4 in this order
@@ -34,34 +34,17 @@ def default_cache_dir() -> Path:
     return base / "selfsup" / "tokenizers"
 
 
-@dataclass(frozen=True)
-class TokenizerInfo:
-    """The ids an objective needs: special tokens and the vocabulary size."""
-
-    vocab_size: int
-    pad_id: int
-    unk_id: int
-    cls_id: int
-    sep_id: int
-    mask_id: int
-    special_ids: tuple[int, ...]  # the five above plus any other special token the tokenizer declares
-
-    @classmethod
-    def default(cls, vocab_size: int) -> "TokenizerInfo":
-        """The layout of every tokenizer selfsup trains: [PAD] [UNK] [CLS] [SEP] [MASK] = 0..4."""
-        return cls(vocab_size, 0, 1, 2, 3, 4, (0, 1, 2, 3, 4))
-
-    @classmethod
-    def of(cls, tokenizer: Tokenizer, source: str = "the tokenizer") -> "TokenizerInfo":
-        ids = {}
-        for token in SPECIAL_TOKENS:
-            ids[token] = tokenizer.token_to_id(token)
-            if ids[token] is None:
-                raise ConfigError(f"{source} has no {token} token; BERT-MLM needs {', '.join(SPECIAL_TOKENS)} "
-                                  "(train one instead: drop data.tokenizer.path)")
-        declared = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
-        return cls(tokenizer.get_vocab_size(), ids[PAD], ids[UNK], ids[CLS], ids[SEP], ids[MASK],
-                   tuple(sorted(declared | set(ids.values()))))
+def token_ids_of(tokenizer: Tokenizer, source: str = "the tokenizer") -> TokenizerInfo:
+    """The special-token ids and vocabulary size of a tokenizer; one lacking a BERT special token is refused."""
+    ids = {}
+    for token in SPECIAL_TOKENS:
+        ids[token] = tokenizer.token_to_id(token)
+        if ids[token] is None:
+            raise ConfigError(f"{source} has no {token} token; BERT-MLM needs {', '.join(SPECIAL_TOKENS)} "
+                              "(train one instead: drop data.tokenizer.path)")
+    declared = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+    return TokenizerInfo(tokenizer.get_vocab_size(), ids[PAD], ids[UNK], ids[CLS], ids[SEP], ids[MASK],
+                         tuple(sorted(declared | set(ids.values()))))
 
 
 def bert_pipeline(model: WordPiece, lowercase: bool) -> Tokenizer:

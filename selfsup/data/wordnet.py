@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from selfsup.data.text import Corpus, TextDataModule, file_identity
+from selfsup.data.text import TextDataModule
+from selfsup.data.text_datasets import Corpus, file_identity
 from selfsup.errors import DataError
 
 DEBIAN_DIR = Path("/usr/share/wordnet")

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup import keyed_random
-from selfsup.data.tokenizer import TokenizerInfo
+from selfsup.token_ids import TokenizerInfo
 from selfsup.errors import ConfigError
 from selfsup.objectives.base import Objective, StepOutput
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from selfsup.errors import SelfsupError, one_line
+from selfsup.errors import SelfsupError, report
 
 
 def main(argv: list[str]) -> int:
@@ -34,8 +34,7 @@ def main(argv: list[str]) -> int:
         (out / "table.md").write_text(text + "\n")
         written = plot_all(methods, column, out)
     except SelfsupError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return report(e)
     print(f"{len(runs)} runs, {len(methods)} methods; metric {column}\n")
     print(text)
     print(f"\nwrote {out / 'table.md'}" + "".join(f"\nwrote {p}" for p in written))

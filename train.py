@@ -8,14 +8,13 @@ import hydra
 from omegaconf import DictConfig
 
 from selfsup.checks import check_command_line, check_run_dir_argument
-from selfsup.errors import SelfsupError, one_line
+from selfsup.errors import SelfsupError, report
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def fail(error: SelfsupError) -> None:
-    print(f"error: {one_line(error)}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(report(error))
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")

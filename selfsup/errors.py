@@ -1,6 +1,7 @@
 """Errors a user can fix. Entry points print them as one line and exit non-zero, without a traceback."""
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 
@@ -29,13 +30,16 @@ def one_line(error: BaseException) -> str:
     return " ".join(text.split())
 
 
-def exit_code(command: Callable[[], object]) -> int:
-    """Run a command line tool's work: 0, or 2 after printing a SelfsupError as `error: <one line>` on stderr."""
-    import sys
+def report(error: SelfsupError) -> int:
+    """Print a user error as `error: <one line>` on stderr; returns the exit code of entry points, 2."""
+    print(f"error: {one_line(error)}", file=sys.stderr)
+    return 2
 
+
+def exit_code(command: Callable[[], object]) -> int:
+    """Run a command line tool's work: 0, or the code of `report` for a SelfsupError."""
     try:
         command()
     except SelfsupError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return report(e)
     return 0

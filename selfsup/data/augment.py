@@ -62,11 +62,6 @@ class ViewSpec:
             raise ConfigError(f"objective.views crop_scale must satisfy 0 < low <= high <= 1, got {view.crop_scale}")
         return view
 
-    @property
-    def has_photometric(self) -> bool:
-        return (any(self.color_jitter) and self.color_jitter_p > 0) or self.grayscale_p > 0 or self.blur_p > 0 \
-            or self.solarize_p > 0
-
 
 def draws(keys: torch.Tensor, view_number: int) -> torch.Tensor:
     """Each sample's NUM_UNIFORMS numbers in [0, 1) for one view."""
@@ -226,13 +221,14 @@ def photometric(x: torch.Tensor, spec: ViewSpec, u: torch.Tensor) -> torch.Tenso
 
 
 def augment(images: torch.Tensor, keys: torch.Tensor, spec: ViewSpec, view_number: int, size: int,
-            crop: bool = True) -> torch.Tensor:
-    """A batch of views, float in [0, 1]: `images` uint8 (B, C, H, W); `crop=False` when already cropped."""
+            crop: bool = True, colour: bool = True) -> torch.Tensor:
+    """A batch of views, float in [0, 1]: `images` uint8 (B, C, H, W); `crop=False` when already cropped,
+    `colour=False` for the crop alone."""
     u = draws(keys.to(images.device), view_number)
     x = images.float() / 255.0
     if crop:
         x = geometric(x, spec, u, size)
-    return photometric(x, spec, u)
+    return photometric(x, spec, u) if colour else x
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -248,8 +244,5 @@ class CPUView:
 
     def __call__(self, image: torch.Tensor, key: int) -> torch.Tensor:
         keys = torch.tensor([key], dtype=torch.int64)
-        u = draws(keys, self.view_number)
-        x = geometric(image.unsqueeze(0).float() / 255.0, self.spec, u, self.size)
-        if self.stages == "all":
-            x = photometric(x, self.spec, u)
-        return to_uint8(x)[0]
+        views = augment(image.unsqueeze(0), keys, self.spec, self.view_number, self.size, colour=self.stages == "all")
+        return to_uint8(views)[0]

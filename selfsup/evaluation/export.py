@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from selfsup.errors import ConfigError, SelfsupError, one_line
+from selfsup.errors import ConfigError, SelfsupError, report
 from selfsup.evaluation.checkpoint import Pretrained, load_pretrained
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -202,8 +202,7 @@ def main(argv: list[str]) -> int:
         args = parse_args(argv)
         config = export(args["checkpoint"], args["out"])
     except SelfsupError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return report(e)
     out = Path(args["out"])
     if config["format"] == "timm" and config["cifar_stem"]:
         print(f"wrote {out / WEIGHTS} and {out / CONFIG}\nload with: selfsup.evaluation.export.load_timm({str(out)!r}) "

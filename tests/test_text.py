@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from conftest import run_train
+from conftest import assert_same_last_checkpoint, run_train, train_whole_and_resumed
 from selfsup.backbones.text import TextTransformer
 from selfsup.data import tokenizer as tok
 from selfsup.data import wordnet
@@ -339,18 +338,8 @@ def test_resumed_text_run_matches_an_uninterrupted_one(tmp_path):
             "data.parts=[adv]", "data.batch_size=32", "data.tokenizer.vocab_size=1000", "trainer.max_steps=6",
             "checkpoint.every_n_steps=3", "trainer.log_every_n_steps=1", "trainer.deterministic=true",
             f"data.tokenizer.cache_dir={tmp_path / 'tokenizers'}"]
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    r = run_train([*args, f"run_dir={full}"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copy(full / "checkpoints" / "step_0000003.ckpt", resumed / "checkpoints" / "last.ckpt")
-    r = run_train([*args, f"run_dir={resumed}", "resume=auto"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    a = torch.load(full / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    b = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert a["global_step"] == b["global_step"] == 6
-    for name, tensor in a["state_dict"].items():
-        assert torch.equal(tensor, b["state_dict"][name]), name
+    full, resumed = train_whole_and_resumed(run_train, args, tmp_path, step=3)
+    assert_same_last_checkpoint(full, resumed, global_step=6)
 
     def losses(run_dir: Path) -> dict[int, str]:
         with (run_dir / "metrics.csv").open(newline="") as f:

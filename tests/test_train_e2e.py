@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import TINY, assert_same_last_checkpoint, train_whole_and_resumed
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
@@ -75,15 +75,6 @@ def test_resumed_run_matches_an_uninterrupted_one(train, tmp_path):
 
 
 def test_resume_at_an_epoch_boundary(train, tmp_path):
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
     args = [a for a in SYNTH if not a.startswith("checkpoint.")] + ["checkpoint.every_n_steps=8"]
-    assert train([*args, f"run_dir={full}"]).returncode == 0  # 512 / 64 = 8 steps per epoch
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copy(full / "checkpoints" / "step_0000008.ckpt", resumed / "checkpoints" / "last.ckpt")
-    r = train([*args, f"run_dir={resumed}", "resume=auto"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    a = torch.load(full / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    b = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert a["global_step"] == b["global_step"] == 11
-    for name, tensor in a["state_dict"].items():
-        assert torch.equal(tensor, b["state_dict"][name]), name
+    full, resumed = train_whole_and_resumed(train, args, tmp_path, step=8)  # 512 / 64 = 8 steps per epoch
+    assert_same_last_checkpoint(full, resumed, global_step=11)

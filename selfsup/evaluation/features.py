@@ -12,18 +12,18 @@ from typing import Any, Callable, ContextManager, Iterable
 import torch
 from torch import nn
 
+from selfsup.data.base import EVAL_KEY
 from selfsup.errors import ConfigError
 
-IMAGE_KEY = "image"
-NON_IMAGE_KEYS = ("label", "index", "key", "skipped")
+NON_EVAL_KEYS = ("label", "index", "key", "skipped")
 
 
 def first_image_field(batch: dict[str, Any]) -> torch.Tensor:
     """`image` when present, else the first 4-D tensor of the batch (an objective's view, e.g. `view1`)."""
-    if IMAGE_KEY in batch:
-        return batch[IMAGE_KEY]
+    if EVAL_KEY in batch:
+        return batch[EVAL_KEY]
     for name, value in batch.items():
-        if name not in NON_IMAGE_KEYS and isinstance(value, torch.Tensor) and value.ndim == 4:
+        if name not in NON_EVAL_KEYS and isinstance(value, torch.Tensor) and value.ndim == 4:
             return value
     raise ConfigError(f"the batch has no image field (fields: {sorted(batch)}); an image backbone needs one")
 

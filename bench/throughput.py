@@ -4,6 +4,9 @@
         objective.decoder_dim=512 objective.decoder_depth=8 objective.decoder_heads=16 [compile=true]
     python bench/throughput.py objective=simclr backbone=resnet50 data=synthetic data.image_size=224 \
         data.batch_size=256 data.augment_on=cpu     # the GPU step alone (views made in advance)
+    python bench/throughput.py objective=clip backbone=vit_base backbone.name=vit_base_patch32_224 \
+        backbone.patch_size=32 backbone@objective.text_tower=text_clip objective.embed_dim=512 \
+        data.image_size=224 data.batch_size=1024   # CLIP ViT-B/32 (random captions of 8-77 tokens)
 
 With `data.augment_on=gpu` (`auto` on a GPU) the timed step starts from uint8 images and makes the objective's
 views on the device (what training does); with `cpu` the views are made in advance (the GPU step alone). PIPELINE=1 times
@@ -71,7 +74,27 @@ def synthetic_batch(cfg, batch_size: int, device: torch.device, views: list[dict
     size, channels = cfg.data.image_size, cfg.data.channels
     for spec in views or [{"key": "image"}]:
         batch[spec["key"]] = torch.randn(batch_size, channels, size, size, device=device)
-    return batch
+    return {**batch, **caption_fields(cfg, batch_size, device)}
+
+
+def caption_fields(cfg, batch_size: int, device: torch.device) -> dict:
+    """Image-text objectives (CLIP): captions of 8 to context_length tokens, padded to context_length as the
+    data modules pad them; nothing for other objectives."""
+    from selfsup.checks import target_attr
+    from selfsup.token_ids import TokenizerInfo
+
+    if target_attr(cfg.objective, "modality") != "image-text":
+        return {}
+    info = TokenizerInfo.default(int(cfg.objective.text_tower.vocab_size))
+    length = int(cfg.data.context_length)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(max(info.special_ids) + 1, info.vocab_size, (batch_size, length), generator=g)
+    lengths = torch.randint(8, length + 1, (batch_size,), generator=g)
+    mask = (torch.arange(length) < lengths[:, None]).long()
+    ids[:, 0] = info.cls_id
+    ids[torch.arange(batch_size), lengths - 1] = info.sep_id
+    ids = ids.masked_fill(mask == 0, info.pad_id)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
 def sync(device: torch.device) -> None:
@@ -107,7 +130,8 @@ def main(overrides: list[str]) -> dict:
     elif on_device:  # uint8 images as the workers hand them over
         size, channels = cfg.data.image_size, cfg.data.channels
         batches = [{"source": torch.randint(0, 256, (batch_size, channels, size, size), dtype=torch.uint8, device=device),
-                    "key": torch.arange(batch_size, device=device) + i * batch_size} for i in range(2)]
+                    "key": torch.arange(batch_size, device=device) + i * batch_size,
+                    **caption_fields(cfg, batch_size, device)} for i in range(2)]
         next_batch = lambda: dict(batches[counter["i"] % 2])  # noqa: E731
     else:
         batches = [synthetic_batch(cfg, batch_size, device, objective.views) for _ in range(2)]

@@ -45,9 +45,12 @@ def target_attr(node: Any, attr: str, default: Any = None) -> Any:
 
 def check_modalities(cfg: Any) -> None:
     """The objective, the backbone and the data must agree on the modality (image, text, image-text)."""
-    wanted = target_attr(cfg.objective, "modality")
-    for group in ("backbone", "data"):
+    wanted_data = target_attr(cfg.objective, "modality")
+    wanted_backbone = target_attr(cfg.objective, "backbone_modality", wanted_data)  # CLIP: image-text data, image backbone
+    for group, wanted in (("backbone", wanted_backbone), ("data", wanted_data)):
         have = target_attr(cfg[group], "modality")
+        if wanted == "image" and have == "image-text":  # image objectives use the images of pairs
+            continue
         if wanted and have and have != wanted:
             raise ConfigError(
                 f"objective {target_attr(cfg.objective, '__name__')} needs {wanted} {group}, but the chosen {group} "

@@ -154,7 +154,7 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
 
     per_step = data.batch_size * trainer.world_size
     global_batch = per_step * trainer.accumulate_grad_batches
-    steps_per_epoch = max(1, len(data.train_set) // per_step // trainer.accumulate_grad_batches)
+    steps_per_epoch = max(1, data.num_train_samples() // per_step // trainer.accumulate_grad_batches)
     total_steps = budget(cfg.trainer, steps_per_epoch)
     optim = OptimConfig.from_cfg(OmegaConf.to_container(cfg.optim, resolve=True), global_batch, steps_per_epoch,
                                  total_steps)

@@ -10,7 +10,7 @@ from selfsup.errors import ConfigError
 
 CASES = {
     "unknown backbone config": (["backbone=vit_gigantic"], "unknown backbone 'vit_gigantic'; choose one of"),
-    "unknown objective": (["objective=dino9"], "unknown objective 'dino9'; choose one of: byol, mae"),
+    "unknown objective": (["objective=dino9"], "unknown objective 'dino9'; choose one of: byol, clip, mae"),
     "unknown data": (["data=imagenet22k"], "unknown data 'imagenet22k'; choose one of"),
     "unknown timm model": (["backbone.name=vit_nonexistent_patch16"], "unknown timm model 'vit_nonexistent_patch16'"),
     "patch does not divide image": (["backbone.patch_size=5"], "image size 28 is not divisible by patch size 5"),

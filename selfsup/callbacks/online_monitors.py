@@ -1,4 +1,5 @@
-"""Online evaluation during pretraining: weighted kNN and a linear probe, on by default where data has labels.
+"""Online evaluation during pretraining: weighted kNN and a linear probe, on by default where data has labels,
+and zero-shot classification and retrieval for CLIP runs on image-text data.
 
 - `KNNMonitor`: every N epochs and at the end of training, features of (a fixed subset of) the training split
   are the bank and the validation split the queries, both with eval views; weighted kNN on cosine similarity
@@ -8,8 +9,10 @@
   batches of the epoch) and `val/linear_top1` every epoch. Its weights, optimizer and running counts are
   callback state, so they are in every checkpoint and a resumed run continues the same probe. Nothing of it
   touches the backbone's gradients: it runs after the optimizer step on detached features.
+- `ZeroShotMonitor`: a CLIP run's zero-shot accuracy on the validation images' labels and its image <-> text
+  retrieval on the validation pairs (evaluation/zero_shot.py).
 
-Both read the evaluation splits through `EvalFeatures`, which computes them once per epoch for both, shards them
+All read the evaluation splits through `EvalFeatures`, which computes them once per epoch for both, shards them
 over the processes of a DDP run and gathers them back in order. Rows go to the run's loggers directly, at the
 step of the epoch's last batch, as Lightning's validation rows: a checkpoint written at the epoch's end is at
 the next step, so resuming from it keeps these rows (runs.trim_metrics drops rows from the checkpoint's step on)
@@ -18,7 +21,7 @@ and, the epoch being over, the resumed run does not write them again.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -30,6 +33,8 @@ from selfsup.errors import ConfigError
 from selfsup.evaluation.features import FeatureSet, extract, num_classes_of
 from selfsup.evaluation.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_accuracy
 from selfsup.evaluation.linear import LinearProbe, evaluate_probe, make_optimizer
+from selfsup.evaluation.zero_shot import DEFAULT_TEMPLATES, class_embeddings, dual_encoder_metrics
+from selfsup.objectives.clip import CLIP, DualEncoder
 
 AUTO_CAPS = {"cuda": {"train": 50_000, "val": 10_000}, "cpu": {"train": 512, "val": 256}}
 
@@ -57,6 +62,14 @@ def last_epoch(trainer: pl.Trainer) -> bool:
     return bool(trainer.should_stop)
 
 
+def due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
+    """Every `every_n_epochs` epochs (0: never) and after the last, but not while stopping for a preemption."""
+    if _preempted(trainer):
+        return False
+    periodic = every_n_epochs > 0 and (trainer.current_epoch + 1) % every_n_epochs == 0
+    return periodic or last_epoch(trainer)
+
+
 def log_row(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
     """One row in every logger of the run at the step of the last batch, as Lightning's own rows (rank zero)."""
     if not trainer.is_global_zero:
@@ -75,9 +88,10 @@ class EvalFeatures(pl.Callback):
     """
 
     def __init__(self, max_train_samples: int | str | None = "auto", max_val_samples: int | str | None = "auto",
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None,
+                 encoder: Callable[[pl.LightningModule], torch.nn.Module] = lambda module: module.backbone) -> None:
         self.caps = {"train": max_train_samples, "val": max_val_samples}
-        self.batch_size = batch_size
+        self.batch_size, self.encoder = batch_size, encoder
         self._cache: dict[str, tuple[int, FeatureSet | None]] = {}
 
     def get(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> FeatureSet | None:
@@ -96,7 +110,7 @@ class EvalFeatures(pl.Callback):
         per_rank = math.ceil(len(chosen) / world)
         padded = chosen + chosen[: per_rank * world - len(chosen)]  # every rank embeds as many samples
         loader = data.eval_dataloader(split, batch_size=self.batch_size, indices=padded[rank::world])
-        feats = extract(pl_module.backbone, loader, pl_module.device, data.normalize,
+        feats = extract(self.encoder(pl_module), loader, pl_module.device, data.normalize,
                         trainer.precision_plugin.forward_context)
         if world == 1:
             return feats
@@ -130,12 +144,6 @@ class KNNMonitor(pl.Callback):
         self.features = features or EvalFeatures()
         self.every_n_epochs, self.k, self.temperature = every_n_epochs, [int(v) for v in k], temperature
 
-    def due(self, trainer: pl.Trainer) -> bool:
-        if _preempted(trainer):
-            return False
-        periodic = self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0
-        return periodic or last_epoch(trainer)
-
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         bank = self.features.get(trainer, pl_module, "train")
         queries = self.features.get(trainer, pl_module, "val")
@@ -144,7 +152,7 @@ class KNNMonitor(pl.Callback):
         return knn_accuracy(bank, queries, self.k, self.temperature)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.due(trainer):
+        if due(trainer, self.every_n_epochs):
             metrics = self.evaluate(trainer, pl_module)
             if metrics:
                 log_row(trainer, metrics)
@@ -257,6 +265,41 @@ class LinearProbeMonitor(pl.Callback):
             log_row(trainer, metrics)
 
 
+class ZeroShotMonitor(pl.Callback):
+    """CLIP runs: zero-shot top-1 / top-5 on the labelled validation images (class names x prompt templates) and
+    image <-> text Recall@1/5/10 on the held-out pairs (evaluation/zero_shot.py), every N epochs and at the end of
+    training. Retrieval ranks each query among the (capped) validation pairs. Inert for objectives without a
+    text tower."""
+
+    def __init__(self, every_n_epochs: int = 1, templates: Sequence[str] | None = None,
+                 max_val_samples: int | str | None = "auto", batch_size: int | None = None) -> None:
+        if every_n_epochs < 0:
+            raise ConfigError(f"monitors.zero_shot.every_n_epochs must be >= 0, got {every_n_epochs}")
+        self.every_n_epochs = every_n_epochs
+        self.templates = list(templates or DEFAULT_TEMPLATES)
+        self.features = EvalFeatures(max_val_samples=max_val_samples, batch_size=batch_size,
+                                     encoder=lambda module: DualEncoder(module.backbone, module.objective))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not isinstance(pl_module.objective, CLIP) or not due(trainer, self.every_n_epochs):
+            return
+        val = self.features.get(trainer, pl_module, "val")
+        self.features.clear()
+        if val is None:
+            return
+        data, dual = trainer.datamodule, DualEncoder(pl_module.backbone, pl_module.objective)
+        names = data.class_names() if hasattr(data, "class_names") else None
+        class_emb = None
+        if names:
+            dual.eval()
+            class_emb = class_embeddings(dual.encode_text, data.captions(), names, self.templates, pl_module.device,
+                                         trainer.precision_plugin.forward_context)
+            dual.train()
+        metrics = dual_encoder_metrics(val, dual.embed_dim, class_emb)
+        if metrics:
+            log_row(trainer, {f"val/{name}": value for name, value in metrics.items()})
+
+
 def build_monitors(cfg: Any, data: Any) -> list[pl.Callback]:
     """The monitors of `cfg.monitors` for this data module: none when disabled, or (`enabled: auto`) when the
     data has no labels; `enabled: true` on unlabelled data is an error."""
@@ -267,14 +310,18 @@ def build_monitors(cfg: Any, data: Any) -> list[pl.Callback]:
         raise ConfigError(f"monitors.enabled must be auto, true or false, got '{enabled}'")
     if enabled is False:
         return []
+    from selfsup.train import build
+
+    monitors: list[pl.Callback] = []
+    if data.modality == "image-text" and cfg.get("zero_shot") is not None:  # needs captions, not labels
+        monitors.append(build(cfg.zero_shot, max_val_samples=cfg.get("max_val_samples", "auto"),
+                              batch_size=cfg.get("batch_size"), _convert_="all"))
     if not data.has_labels():
         if enabled is True:
             raise ConfigError(f"monitors.enabled=true needs labelled data, and {data.source} has no labels; "
                               "set monitors.enabled=auto or false")
-        return []
-    from selfsup.train import build
-
+        return monitors
     features = EvalFeatures(cfg.get("max_train_samples", "auto"), cfg.get("max_val_samples", "auto"),
                             cfg.get("batch_size"))
-    monitors = [build(cfg[name], features=features) for name in ("knn", "linear") if cfg.get(name) is not None]
-    return [*monitors, features] if monitors else []
+    probes = [build(cfg[name], features=features) for name in ("knn", "linear") if cfg.get(name) is not None]
+    return [*monitors, *probes, features] if probes else monitors

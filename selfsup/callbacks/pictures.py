@@ -9,8 +9,15 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
 
+from selfsup.objectives.base import Objective
+
 
 MIN_WIDTH = 384
+
+
+def draws(objective: Objective) -> bool:
+    """Whether the objective draws pictures at all (overrides `visualize`): else no preview batch is read."""
+    return type(objective).visualize is not Objective.visualize
 
 
 class Pictures(pl.Callback):
@@ -28,7 +35,7 @@ class Pictures(pl.Callback):
         return self._batch
 
     def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path | None:
-        if not trainer.is_global_zero or trainer.datamodule is None:
+        if not trainer.is_global_zero or trainer.datamodule is None or not draws(pl_module.objective):
             return None
         path = self.folder / f"step_{trainer.global_step:07d}.png"
         if path.exists():

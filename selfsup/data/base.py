@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from selfsup.data.sampling import EpochSampler, KeyedViews
 from selfsup.data.augment import ViewSpec
 from selfsup.data.views import AUGMENT_ON, device_views, eval_views, resolve_augment_on, worker_views
+from selfsup.data.tokenizer import resolve_tokenizer
 from selfsup.errors import ConfigError, DataError
+from selfsup.token_ids import TokenizerInfo
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -113,6 +116,11 @@ class KeyedDataModule(pl.LightningDataModule):
                 f"{len(self.train_set)} training samples of {self.name}; lower data.batch_size"
             )
 
+    def num_train_samples(self) -> int:
+        """Training samples per epoch (all processes together), which sets the steps per epoch."""
+        self.setup()
+        return len(self.train_set)
+
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         return default_collate(samples)
 
@@ -189,6 +197,34 @@ class KeyedDataModule(pl.LightningDataModule):
         self._resume = dict(state)
 
 
+class Tokenized:
+    """For data modules with a tokenizer (text, image-text): `data.tokenizer.path`, else WordPiece trained once on
+    `tokenizer_corpus()` and cached (data/tokenizer.py). Objectives read its ids from `tokenizer_info`."""
+
+    tokenizer_cfg: dict[str, Any]
+    tokenizer_path: Any = None
+    _tokenizer: Any = None
+    _info: TokenizerInfo | None = None
+
+    def tokenizer_corpus(self) -> tuple[Any, Callable[[], Iterable[str]], int | None]:  # pragma: no cover
+        """(identity for the cache key, the training texts, their number): read only when training is needed."""
+        raise NotImplementedError
+
+    @property
+    def tokenizer(self) -> Any:
+        """The `tokenizers.Tokenizer`, loaded or trained once."""
+        if self._tokenizer is None:
+            self._tokenizer, self.tokenizer_path, self._info = resolve_tokenizer(self.tokenizer_cfg,
+                                                                                 self.tokenizer_corpus)
+            rank_zero_info(f"tokenizer: {self.tokenizer_path} ({self._info.vocab_size} tokens)")
+        return self._tokenizer
+
+    @property
+    def tokenizer_info(self) -> TokenizerInfo:
+        self.tokenizer
+        return self._info
+
+
 class ImageDataModule(KeyedDataModule):
     """Subclasses implement `load()` -> (train dataset, validation dataset or None) of (image, label) pairs.
 
@@ -239,6 +275,12 @@ class ImageDataModule(KeyedDataModule):
             self._eval_sets[split] = None if base is None or len(base) == 0 else KeyedViews(
                 base, eval_views([ViewSpec(key=EVAL_KEY)], self.image_size), self.seed, self.on_error, self.source)
         return self._eval_sets[split]
+
+    def class_names(self) -> list[str] | None:
+        """The label names in label order, where the source has them (what zero-shot prompts are made of)."""
+        self.setup()
+        names = getattr(self, "classes", None) or getattr(self.base_sets[0], "classes", None)
+        return [str(n) for n in names] if names else None
 
     def on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Training batches: make the views here in GPU mode, then normalise."""

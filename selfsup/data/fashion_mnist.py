@@ -54,6 +54,8 @@ class FashionMNIST(ImageDataModule):
 
     def __init__(self, root: str | None = None, download: bool = False, image_size: int = 28, channels: int = 1,
                  mean: tuple[float, ...] = (0.2860,), std: tuple[float, ...] = (0.3530,), **kwargs) -> None:
+        if channels == 3 and len(mean) == 1:  # gray images as RGB, for backbones pretrained on colour (CLIP)
+            mean, std = tuple(mean) * 3, tuple(std) * 3
         super().__init__(image_size=image_size, channels=channels, mean=mean, std=std, **kwargs)
         self.root, self.download = (Path(root).expanduser() if root else None), download
 
@@ -89,5 +91,8 @@ class FashionMNIST(ImageDataModule):
             images, labels = read_idx(img_path), read_idx(lab_path)
             if images.ndim != 3 or len(images) != len(labels):
                 raise DataError(f"{img_path} and {lab_path} do not hold matching images and labels")
-            splits[split] = TensorImages(torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)))
+            tensor = torch.from_numpy(images.copy())
+            if self.channels == 3:
+                tensor = tensor.unsqueeze(1).expand(-1, 3, -1, -1)  # a view: no copy
+            splits[split] = TensorImages(tensor, torch.from_numpy(labels.astype(np.int64)))
         return splits["train"], splits["test"]

@@ -1,7 +1,9 @@
 """Any folder of images, one sub-folder per class (torchvision's ImageFolder layout), e.g. ImageNet."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import torchvision
 from torch.utils.data import Dataset
@@ -23,7 +25,7 @@ class ImageFolder(ImageDataModule):
 
     def _folder(self, path: Path) -> Dataset:
         try:
-            return torchvision.datasets.ImageFolder(str(path), loader=_rgb_loader if self.channels == 3 else _gray_loader)
+            return torchvision.datasets.ImageFolder(str(path), loader=partial(open_image, channels=self.channels))
         except (FileNotFoundError, RuntimeError) as e:
             raise DataError(f"no images under {path} ({e}); put them in one sub-folder per class") from e
 
@@ -37,15 +39,22 @@ class ImageFolder(ImageDataModule):
         return self._folder(train_path), (self._folder(val_path) if val_path.is_dir() else None)
 
 
-def _rgb_loader(path: str):
+def open_image(path: str, channels: int = 3) -> Any:
+    """The image file at `path` as a PIL image with `channels` (see decode_image)."""
+    with open(path, "rb") as f:
+        return decode_image(f, channels)
+
+
+def decode_image(file: BinaryIO, channels: int = 3) -> Any:
+    """An encoded image (a file object) as a PIL image with `channels` (3: RGB, 1: L). Transparent pixels become
+    white, not whatever colour the file stores under them (clip art and logos are mostly transparent)."""
     from PIL import Image
 
-    with open(path, "rb") as f:
-        return Image.open(f).convert("RGB")
-
-
-def _gray_loader(path: str):
-    from PIL import Image
-
-    with open(path, "rb") as f:
-        return Image.open(f).convert("L")
+    image = Image.open(file)
+    image.load()
+    if image.mode == "P" and "transparency" in image.info or image.mode in ("LA", "PA"):
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, image)
+    return image.convert("RGB" if channels == 3 else "L")

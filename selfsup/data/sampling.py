@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
+from PIL.Image import DecompressionBombError
 from torch.utils.data import Dataset, Sampler
 
 from selfsup.errors import DataError
@@ -78,7 +79,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return self._per_rank()
 
 
-READ_ERRORS = (OSError, ValueError, SyntaxError)  # PIL: truncated, empty or non-image files
+READ_ERRORS = (OSError, ValueError, SyntaxError, DecompressionBombError)  # PIL: truncated, empty, non-image, huge
 MAX_SUBSTITUTES = 64
 
 
@@ -90,6 +91,7 @@ def describe(dataset: Dataset, index: int) -> str:
 
 class KeyedViews(Dataset):
     """Wraps a dataset of (image, label) into dict samples: one field per view, `label`, `index`, `key`, `skipped`.
+    A dict in place of the label adds its fields (image-text pairs: `input_ids`, `attention_mask`, `label`).
 
     Each view is a function of the image and the sample's key (data/augment.py), so a sample looks the same
     whatever worker, rank or resumed run produces it. An unreadable sample is, with on_error="skip", replaced
@@ -125,6 +127,8 @@ class KeyedViews(Dataset):
         sample: dict[str, object] = {"index": index, "key": key, "skipped": skipped}
         for name, view in self.views.items():
             sample[name] = view(image, key)
-        if label is not None:
+        if isinstance(label, dict):  # image-text sources: caption tokens, and a label where there is one
+            sample.update(label)
+        elif label is not None:
             sample["label"] = label
         return sample

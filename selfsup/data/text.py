@@ -21,30 +21,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
-from selfsup.data.base import KeyedDataModule
+from selfsup.data.base import KeyedDataModule, Tokenized
 from selfsup.data.text_datasets import (BlockDataset, Corpus, LineDataset, PairDataset, TokenArrays, file_identity,
                                          holdout, lines, sentences)
-from selfsup.data.tokenizer import cached_tokenizer, load_tokenizer, token_ids_of, tokenizer_file
+from selfsup.data.tokenizer import tokenizer_settings
 from selfsup.errors import ConfigError, DataError
-from selfsup.token_ids import TokenizerInfo
 
 MODES = ("lines", "packed")
 
-def tokenizer_settings(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    """data.tokenizer with defaults: path (a tokenizer.json or vocab.txt; null: train on the corpus), vocab_size,
-    lowercase, min_frequency, cache_dir."""
-    out = {"path": None, "vocab_size": 8192, "lowercase": True, "min_frequency": 2, "cache_dir": None}
-    unknown = set(cfg or {}) - set(out)
-    if unknown:
-        raise ConfigError(f"unknown data.tokenizer keys {sorted(unknown)}; known: {sorted(out)}")
-    out.update(cfg or {})
-    return out
 
-
-class TextDataModule(KeyedDataModule):
+class TextDataModule(Tokenized, KeyedDataModule):
     """Subclasses implement `read_corpus()` -> Corpus. The tokenizer comes from data.tokenizer.path, or is trained
     on the corpus once and cached (selfsup/data/tokenizer.py); objectives read its ids from `tokenizer_info`."""
 
@@ -68,9 +56,6 @@ class TextDataModule(KeyedDataModule):
         self.mode, self.max_length, self.val_fraction = mode, max_length, val_fraction
         self.next_sentence, self.pad_to_multiple_of = next_sentence, pad_to_multiple_of
         self._corpus: Corpus | None = None
-        self._tokenizer: Any = None
-        self._info: TokenizerInfo | None = None
-        self.tokenizer_path: Path | None = None
 
     # -- what subclasses provide -------------------------------------------------------------------------
     def read_corpus(self) -> Corpus:  # pragma: no cover - abstract
@@ -86,33 +71,9 @@ class TextDataModule(KeyedDataModule):
             self._corpus = corpus
         return self._corpus
 
-    @property
-    def tokenizer(self) -> Any:
-        """The `tokenizers.Tokenizer`: loaded from data.tokenizer.path, else trained on the corpus and cached."""
-        if self._tokenizer is None:
-            cfg = self.tokenizer_cfg
-            if cfg["path"]:
-                self.tokenizer_path = tokenizer_file(cfg["path"])
-                tokenizer = load_tokenizer(self.tokenizer_path, cfg["lowercase"])
-            else:
-                corpus = self.corpus
-                n = len(corpus.texts) + len(corpus.val_texts or ())
-                tokenizer, self.tokenizer_path = cached_tokenizer(
-                    corpus.identity, corpus.all_texts, vocab_size=cfg["vocab_size"], lowercase=cfg["lowercase"],
-                    min_frequency=cfg["min_frequency"], cache_dir=cfg["cache_dir"], num_texts=n)
-            try:  # "[MASK]" written in a document is text, not the mask token (tokenizers >= 0.15.1)
-                tokenizer.encode_special_tokens = True
-            except AttributeError:
-                pass
-            self._info = token_ids_of(tokenizer, f"tokenizer {self.tokenizer_path}")
-            self._tokenizer = tokenizer
-            rank_zero_info(f"tokenizer: {self.tokenizer_path} ({self._info.vocab_size} tokens)")
-        return self._tokenizer
-
-    @property
-    def tokenizer_info(self) -> TokenizerInfo:
-        self.tokenizer
-        return self._info
+    def tokenizer_corpus(self) -> tuple[Any, Any, int]:
+        c = self.corpus
+        return c.identity, c.all_texts, len(c.texts) + len(c.val_texts or ())
 
     # -- datasets ---------------------------------------------------------------------------------------
     def splits(self) -> tuple[tuple[list[str], list[int] | None], tuple[list[str], list[int] | None]]:

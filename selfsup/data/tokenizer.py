@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, trainers
 from tokenizers.models import WordPiece
@@ -177,3 +177,33 @@ def cached_tokenizer(corpus_identity: Any, texts: Callable[[], Iterable[str]], v
         raise ConfigError(f"cannot write the tokenizer cache {folder}: {e.strerror or e}; set "
                           "data.tokenizer.cache_dir to a writable folder") from e
     return Tokenizer.from_file(str(path)), path
+
+
+def tokenizer_settings(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """data.tokenizer with defaults: path (a tokenizer.json or vocab.txt; null: train on the corpus), vocab_size,
+    lowercase, min_frequency, cache_dir."""
+    out = {"path": None, "vocab_size": 8192, "lowercase": True, "min_frequency": 2, "cache_dir": None}
+    unknown = set(cfg or {}) - set(out)
+    if unknown:
+        raise ConfigError(f"unknown data.tokenizer keys {sorted(unknown)}; known: {sorted(out)}")
+    out.update(cfg or {})
+    return out
+
+
+def resolve_tokenizer(settings: dict[str, Any], corpus: Callable[[], tuple[Any, Callable[[], Iterable[str]], int]]
+                      ) -> tuple[Tokenizer, Path, TokenizerInfo]:
+    """(tokenizer, its file, its ids) for data.tokenizer `settings`: the file at `path`, else the one trained on the
+    corpus (cached). `corpus()` -> (identity, texts, number of texts) is only called when training is needed."""
+    if settings["path"]:
+        path = tokenizer_file(settings["path"])
+        tokenizer = load_tokenizer(path, settings["lowercase"])
+    else:
+        identity, texts, n = corpus()
+        tokenizer, path = cached_tokenizer(identity, texts, vocab_size=settings["vocab_size"],
+                                           lowercase=settings["lowercase"], min_frequency=settings["min_frequency"],
+                                           cache_dir=settings["cache_dir"], num_texts=n)
+    try:  # "[MASK]" written in a document is text, not the mask token (tokenizers >= 0.15.1)
+        tokenizer.encode_special_tokens = True
+    except AttributeError:
+        pass
+    return tokenizer, path, token_ids_of(tokenizer, f"tokenizer {path}")

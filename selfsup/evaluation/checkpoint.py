@@ -75,14 +75,34 @@ def build_backbone(run_cfg: DictConfig) -> nn.Module:
     return build(run_cfg.backbone)
 
 
-def load_pretrained(path: str | Path | None) -> Pretrained:
-    """Rebuild the run's backbone from its config.yaml and load the checkpoint's backbone weights (strictly)."""
+def load_weights(module: nn.Module, weights: dict[str, Any], ckpt_path: Path, run_dir: Path, what: str) -> None:
+    missing, unexpected = module.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"{ckpt_path} does not fit the {what} of {run_dir / runs.CONFIG} (missing "
+                          f"{missing[:3]}, unexpected {unexpected[:3]}); was the config edited after training?")
+
+
+def load_pretrained(path: str | Path | None, dual_encoder: bool = False) -> Pretrained:
+    """Rebuild the run's backbone from its config.yaml and load the checkpoint's backbone weights (strictly).
+
+    `dual_encoder`: a CLIP run's backbone with its objective (text tower, projections, temperature) as one
+    DualEncoder, for zero-shot and retrieval; a run of another objective is a ConfigError.
+    """
     ckpt_path, run_dir = resolve_checkpoint(path)
     run_cfg = load_run_config(run_dir)
     checkpoint = load_checkpoint(ckpt_path)
-    backbone = build_backbone(run_cfg)
-    missing, unexpected = backbone.load_state_dict(backbone_state(checkpoint, ckpt_path), strict=False)
-    if missing or unexpected:
-        raise ConfigError(f"{ckpt_path} does not fit the backbone of {run_dir / runs.CONFIG} (missing "
-                          f"{missing[:3]}, unexpected {unexpected[:3]}); was the config edited after training?")
-    return Pretrained(backbone.eval(), run_cfg, ckpt_path, run_dir, int(checkpoint.get("global_step", 0)))
+    model = build_backbone(run_cfg)
+    load_weights(model, backbone_state(checkpoint, ckpt_path), ckpt_path, run_dir, "backbone")
+    if dual_encoder:
+        from selfsup.objectives.clip import CLIP, DualEncoder
+        from selfsup.train import build
+
+        objective = build(run_cfg.objective, backbone=model, _convert_="all")
+        if not isinstance(objective, CLIP):
+            raise ConfigError(f"{run_dir} was trained with {type(objective).__name__}, which has no text tower; "
+                              "zero-shot and retrieval evaluate CLIP runs")
+        prefix = "objective."
+        weights = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        load_weights(objective, weights, ckpt_path, run_dir, "objective")
+        model = DualEncoder(model, objective)
+    return Pretrained(model.eval(), run_cfg, ckpt_path, run_dir, int(checkpoint.get("global_step", 0)))

@@ -14,6 +14,10 @@ from torch import nn
 from selfsup.checks import target_attr
 from selfsup.errors import ConfigError, DataError
 
+# What data each kind of model evaluates on: image backbones also read the images of image-text pairs, and a
+# CLIP DualEncoder also classifies plain labelled images (zero-shot).
+READS = {"image": ("image", "image-text"), "text": ("text",), "image-text": ("image-text", "image")}
+
 
 def run_tokenizer_path(run_cfg: DictConfig) -> str | None:
     """The tokenizer file a text run used (the data.tokenizer.path it was given, or its cached trained one)."""
@@ -27,16 +31,29 @@ def run_tokenizer_path(run_cfg: DictConfig) -> str | None:
     return str(data.tokenizer_path) if data.tokenizer_path else None
 
 
+def run_captions(run_cfg: DictConfig) -> Any:
+    """A CLIP run's caption tokenizer (data/image_text.Captions): its tokenizer file and context length."""
+    from selfsup.data.image_text import Captions
+    from selfsup.data.tokenizer import resolve_tokenizer, tokenizer_settings
+
+    path = run_tokenizer_path(run_cfg)
+    if path is None:
+        raise ConfigError("the run's data has no tokenizer; zero-shot evaluation needs a CLIP run")
+    settings = tokenizer_settings({**OmegaConf.to_container(run_cfg.data.tokenizer), "path": path})
+    tokenizer, _, info = resolve_tokenizer(settings, corpus=lambda: None)  # loads the file: no corpus needed
+    return Captions(tokenizer, info, int(OmegaConf.select(run_cfg, "data.context_length", default=77)))
+
+
 def eval_data_node(data_cfg: DictConfig | None, run_cfg: DictConfig, backbone: nn.Module) -> DictConfig:
     """The data config to build: `data_cfg` (a `data=` choice) or the run's, with the backbone's input shape."""
     given = data_cfg is not None
     node = OmegaConf.create(OmegaConf.to_container(data_cfg if given else run_cfg.data, resolve=True))
     modality = getattr(backbone, "modality", "image")
     have = target_attr(node, "modality")
-    if have and have != modality:
+    if have and have not in READS[modality]:
         raise ConfigError(f"the checkpoint's backbone takes {modality} input but data {node._target_} gives {have}; "
                           f"pick {modality} data (or leave data= out to use the run's own)")
-    if modality == "image":
+    if modality in ("image", "image-text"):
         size = getattr(backbone, "img_size", None)
         if size is not None and node.get("image_size") != size:
             if given and node.get("image_size") is not None:
@@ -48,8 +65,10 @@ def eval_data_node(data_cfg: DictConfig | None, run_cfg: DictConfig, backbone: n
         if chans is not None and data_chans != chans:
             raise ConfigError(f"the backbone takes {chans}-channel images but the data gives {data_chans}; pick data "
                               f"with {chans} channels (data.channels={chans} where the source can convert)")
-    elif modality == "text" and given and node.get("tokenizer") is not None:
+    if modality != "image" and given and node.get("tokenizer") is not None:  # token ids mean the run's tokens
         node.tokenizer.path = run_tokenizer_path(run_cfg)
+        if node.get("context_length") is not None:
+            node.context_length = OmegaConf.select(run_cfg, "data.context_length", default=node.context_length)
     return node
 
 

@@ -32,13 +32,15 @@ def features(backbone: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     """Pooled features (B, D) of a batch already on the backbone's device and normalised.
 
     Dispatches on `backbone.modality`: images take the batch's image field; text takes `input_ids` and
-    `attention_mask` (the backbone pools over real tokens only).
+    `attention_mask` (the backbone pools over real tokens only); a CLIP DualEncoder takes both.
     """
     modality = getattr(backbone, "modality", "image")
     if modality == "image":
         return backbone(first_image_field(batch))
     if modality == "text":
         return backbone(batch["input_ids"], batch.get("attention_mask"))
+    if modality == "image-text":  # a CLIP DualEncoder: image embeddings, and text embeddings beside them
+        return backbone(first_image_field(batch), batch.get("input_ids"), batch.get("attention_mask"))
     raise ConfigError(f"no feature extraction for {modality} backbones ({type(backbone).__name__})")
 
 

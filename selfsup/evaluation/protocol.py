@@ -30,6 +30,7 @@ class EvalContext:
     max_train_samples: int | None = None
     max_val_samples: int | None = None
     log: Callable[[dict[str, float], int], None] = field(default=no_log)
+    run_cfg: Any = None  # the pretraining run's config (zero-shot reads its tokenizer)
 
     def autocast(self) -> ContextManager:
         return autocast_for(self.device, self.precision)
@@ -45,11 +46,13 @@ class Protocol:
     """An evaluation of a pretrained backbone on labelled data; `run` returns the metrics for results.json.
 
     `views`: the training views the data module makes for it (fine-tuning augments; frozen-feature protocols
-    only use eval views). Every protocol needs labels.
+    only use eval views). Every protocol but retrieval needs labels.
     """
 
     name: ClassVar[str]
     views: list[dict[str, Any]] = EVAL_VIEWS
+    needs_labels: ClassVar[bool] = True
+    dual_encoder: ClassVar[bool] = False  # True: `run` gets a CLIP run's DualEncoder instead of its backbone
 
     def run(self, backbone: nn.Module, ctx: EvalContext) -> dict[str, float]:  # pragma: no cover - abstract
         raise NotImplementedError

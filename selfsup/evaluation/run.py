@@ -58,9 +58,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     resolve_checkpoint(checkpoint)  # a missing checkpoint fails here, before anything is built
     protocol = build(cfg.protocol, _convert_="all")
     device = pick_device(cfg.device)
-    pre = load_pretrained(checkpoint)
+    pre = load_pretrained(checkpoint, dual_encoder=protocol.dual_encoder)
     data = build_eval_data(cfg.get("data"), pre.run_cfg, pre.backbone, protocol.views, cfg.seed, cfg.batch_size)
-    check_labelled(data, f"protocol={protocol.name}")
+    if protocol.needs_labels:
+        check_labelled(data, f"protocol={protocol.name}")
     if protocol.name in ("finetune", "lora"):
         data.check_before_training(1)
 
@@ -69,11 +70,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                         wandb=wandb_settings(cfg, pre.run_cfg), name=f"{pre.run_dir.name}-{protocol.name}",
                         config={"eval": OmegaConf.to_container(cfg, resolve=True), "checkpoint": str(pre.checkpoint)})
     torch.manual_seed(cfg.seed)
-    ctx = EvalContext(data=data, device=device, num_classes=num_classes_of(data), precision=cfg.precision,
-                      seed=cfg.seed, batch_size=cfg.get("batch_size"), max_train_samples=cfg.get("max_train_samples"),
-                      max_val_samples=cfg.get("max_val_samples"), log=logger)
-    print(f"{protocol.name}: {pre.checkpoint} (step {pre.step}) on {data.source}, {ctx.num_classes} classes, "
-          f"device {device}", flush=True)
+    ctx = EvalContext(data=data, device=device, num_classes=num_classes_of(data) if protocol.needs_labels else 0,
+                      precision=cfg.precision, seed=cfg.seed, batch_size=cfg.get("batch_size"),
+                      max_train_samples=cfg.get("max_train_samples"), max_val_samples=cfg.get("max_val_samples"),
+                      log=logger, run_cfg=pre.run_cfg)
+    classes = f", {ctx.num_classes} classes" if protocol.needs_labels else ""
+    print(f"{protocol.name}: {pre.checkpoint} (step {pre.step}) on {data.source}{classes}, device {device}", flush=True)
     start = time.perf_counter()
     metrics = protocol.run(pre.backbone.to(device), ctx)
     entry = {**metrics, "checkpoint": str(pre.checkpoint.resolve()), "step": pre.step, "data": data.source,

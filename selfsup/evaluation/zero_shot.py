@@ -1,0 +1,137 @@
+"""CLIP evaluation: zero-shot classification and image-text retrieval (Radford et al. 2021).
+
+- Zero-shot: each class name is written into every prompt template; the class's text embedding is the mean of
+  its prompts' normalised embeddings, normalised again. An image is assigned the class whose embedding is most
+  similar to its own: `zero_shot_top1`, `zero_shot_top5`.
+- Retrieval on held-out pairs: for each image, the rank of its own caption among all captions (and the reverse):
+  `image_to_text_R@k` and `text_to_image_R@k`, the share of queries whose match is among the k most similar.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, ContextManager, Sequence
+
+import torch
+
+from selfsup.errors import ConfigError, DataError
+from selfsup.evaluation.protocol import EvalContext, Protocol
+
+DEFAULT_TEMPLATES = ("a photo of a {}.", "a drawing of a {}.", "clip art of a {}.", "an illustration of a {}.",
+                     "a picture of {}.", "an icon of a {}.", "{}.")
+RECALL_AT = (1, 5, 10)
+
+
+def readable(name: str) -> str:
+    """A class name as a prompt reads it: 'signs_and_symbols' -> 'signs and symbols'."""
+    return " ".join(str(name).replace("_", " ").split())
+
+
+@torch.no_grad()
+def class_embeddings(encode_text: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                     tokenize: Callable[[str], dict[str, torch.Tensor]], class_names: Sequence[str],
+                     templates: Sequence[str] = DEFAULT_TEMPLATES, device: torch.device | str = "cpu",
+                     autocast: Callable[[], ContextManager] | None = None) -> torch.Tensor:
+    """(classes, d) normalised: per class, the mean of its prompts' normalised text embeddings."""
+    prompts = [template.format(readable(name)) for name in class_names for template in templates]
+    tokens = [tokenize(p) for p in prompts]
+    ids = torch.stack([t["input_ids"] for t in tokens]).to(device)
+    mask = torch.stack([t["attention_mask"] for t in tokens]).to(device)
+    chunks = []
+    for start in range(0, len(ids), 256):
+        with autocast() if autocast else torch.autocast(torch.device(device).type, enabled=False):
+            chunks.append(encode_text(ids[start:start + 256], mask[start:start + 256]).float())
+    per_prompt = torch.nn.functional.normalize(torch.cat(chunks), dim=-1).view(len(class_names), len(templates), -1)
+    return torch.nn.functional.normalize(per_prompt.mean(dim=1), dim=-1)
+
+
+def zero_shot_accuracy(image_emb: torch.Tensor, labels: torch.Tensor, class_emb: torch.Tensor,
+                       ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Top-k accuracy of assigning each image its most similar class embedding (ks beyond the class count
+    are left out)."""
+    scores = image_emb.float() @ class_emb.float().T
+    out = {}
+    for k in ks:
+        if k <= class_emb.shape[0]:
+            top = scores.topk(k, dim=1).indices
+            out[f"zero_shot_top{k}"] = (top == labels.view(-1, 1)).any(dim=1).float().mean().item()
+    return out
+
+
+def retrieval_recall(image_emb: torch.Tensor, text_emb: torch.Tensor, ks: Sequence[int] = RECALL_AT
+                     ) -> dict[str, float]:
+    """Recall@k both ways for pairs (image i, text i): the share of queries whose own match ranks in the top k."""
+    scores = image_emb.float() @ text_emb.float().T  # (N, N)
+    out = {}
+    for name, s in (("image_to_text", scores), ("text_to_image", scores.T)):
+        own = s.diagonal().unsqueeze(1)
+        rank = (s >= own).sum(dim=1) - 1  # candidates scoring at least the true match's: ties count against,
+        # so a collapsed tower (all embeddings equal) scores 0, not 1
+        for k in ks:
+            out[f"{name}_R@{k}"] = (rank < k).float().mean().item()
+    return out
+
+
+def split_embeddings(features: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """DualEncoder output (N, d) or (N, 2d) -> (image embeddings, text embeddings or None)."""
+    if features.shape[1] == 2 * dim:
+        return features[:, :dim], features[:, dim:]
+    return features, None
+
+
+def dual_encoder_metrics(features: Any, dim: int, class_emb: torch.Tensor | None) -> dict[str, float]:
+    """Zero-shot accuracy (where there are labels and class embeddings) and retrieval (where there are captions)
+    of a FeatureSet extracted with a DualEncoder."""
+    image_emb, text_emb = split_embeddings(features.features, dim)
+    metrics: dict[str, float] = {}
+    if class_emb is not None and features.labels is not None:
+        keep = features.labels >= 0
+        metrics.update(zero_shot_accuracy(image_emb[keep], features.labels[keep], class_emb))
+    if text_emb is not None:
+        metrics.update(retrieval_recall(image_emb, text_emb))
+    return metrics
+
+
+class ZeroShotProtocol(Protocol):
+    """eval.py protocol=zero_shot: a CLIP run classifies the validation images of any labelled image data by
+    their labels' names (`data=` any labelled source; default the run's own)."""
+
+    name = "zero_shot"
+    dual_encoder = True
+
+    def __init__(self, templates: Sequence[str] | None = None) -> None:
+        self.templates = list(templates or DEFAULT_TEMPLATES)
+        if any("{}" not in t for t in self.templates):
+            raise ConfigError("every protocol.templates entry needs a {} where the class name goes")
+
+    def run(self, model: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
+        from selfsup.evaluation.data import run_captions
+
+        names = ctx.data.class_names() if hasattr(ctx.data, "class_names") else None
+        if not names:
+            raise DataError(f"{ctx.data.source} has no class names; zero-shot prompts need them (image folders: "
+                            "one sub-folder per class)")
+        class_emb = class_embeddings(model.encode_text, run_captions(ctx.run_cfg), names, self.templates,
+                                     ctx.device, ctx.autocast)
+        val = ctx.features(model, "val").labelled()
+        image_emb, _ = split_embeddings(val.features, model.embed_dim)
+        results = {f"val/{k}": v for k, v in zero_shot_accuracy(image_emb, val.labels, class_emb).items()}
+        ctx.log(results, 0)
+        return {**results, "val_samples": len(val), "classes": len(names), "templates": len(self.templates)}
+
+
+class RetrievalProtocol(Protocol):
+    """eval.py protocol=retrieval: image -> text and text -> image Recall@1/5/10 of a CLIP run on held-out pairs
+    (the validation split of image-text data; default the run's own)."""
+
+    name = "retrieval"
+    dual_encoder = True
+    needs_labels = False
+
+    def run(self, model: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
+        if getattr(ctx.data, "modality", None) != "image-text":
+            raise DataError(f"retrieval needs image-text pairs, and {ctx.data.source} has images only; "
+                            "use the run's data or another image-text source")
+        val = ctx.features(model, "val")
+        image_emb, text_emb = split_embeddings(val.features, model.embed_dim)
+        results = {f"val/{k}": v for k, v in retrieval_recall(image_emb, text_emb).items()}
+        ctx.log(results, 0)
+        return {**results, "val_samples": len(val)}

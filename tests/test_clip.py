@@ -52,6 +52,14 @@ def test_clip_loss_equals_the_brute_force_reference(scale):
     assert float(loss) == pytest.approx(brute_force_clip_loss(images, texts, scale), rel=1e-5)
 
 
+def test_clip_loss_stays_float32_under_bf16_autocast():
+    images, texts = unit(32, 16, 7), unit(32, 16, 8)
+    reference, _, _ = clip_loss(images, texts, torch.tensor(100.0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # logits near 100 in bf16 would move in steps of 0.5
+        loss, _, _ = clip_loss(images, texts, torch.tensor(100.0))
+    assert loss.dtype == torch.float32 and torch.equal(loss, reference)
+
+
 def test_clip_loss_is_symmetric_in_images_and_texts():
     images, texts = unit(10, 8, 2), unit(10, 8, 3)
     loss, image_acc, text_acc = clip_loss(images, texts, torch.tensor(20.0))
@@ -183,6 +191,18 @@ def test_retrieval_recall_counts_the_rank_of_each_true_match():
     assert collapsed["image_to_text_R@1"] == 0.0
 
 
+def test_retrieval_counts_repeated_images_and_captions_once():
+    """A perfect model scores 1 even when rows repeat a caption (two drawings titled alike) or an image (COCO's
+    several captions per image); without the ids the repeats would count as misses."""
+    e = torch.eye(4)
+    images = torch.stack([e[0], e[1], e[2], e[2]])  # rows 2 and 3: one image with two captions
+    texts = F.normalize(torch.stack([e[0] + e[1], e[0] + e[1], e[2] + 0.1 * e[3], e[2] - 0.1 * e[3]]), dim=1)
+    image_ids, text_ids = torch.tensor([0, 1, 2, 2]), torch.tensor([0, 0, 1, 2])  # rows 0 and 1: one caption
+    grouped = retrieval_recall(images, texts, ks=(1,), image_ids=image_ids, text_ids=text_ids)
+    assert grouped == {"image_to_text_R@1": 1.0, "text_to_image_R@1": 1.0}
+    assert retrieval_recall(images, texts, ks=(1,))["text_to_image_R@1"] < 1.0
+
+
 # -- manifests ---------------------------------------------------------------------------------------------
 def write_images(folder: Path, n: int, size: int = 12) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
@@ -211,6 +231,20 @@ def test_manifest_reader_names_a_missing_image(tmp_path):
         read_manifest(tmp_path / "pairs.csv")
     with pytest.raises(DataError, match="does not exist"):
         read_manifest(tmp_path / "absent.jsonl")
+
+
+def test_tsv_captions_keep_their_quotes_and_the_hold_out_ignores_where_the_data_lives(tmp_path):
+    write_images(tmp_path / "a" / "images", 12)
+    text = "\ufeffimage\tcaption\n" + "".join(f'images/img{i}.png\t"quoted {i}" and an open " quote\n' for i in range(12))
+    (tmp_path / "a" / "pairs.tsv").write_text(text, encoding="utf-8")
+    pairs = read_manifest(tmp_path / "a" / "pairs.tsv")  # a spreadsheet's byte-order mark is not in the header
+    assert pairs.captions == [f'"quoted {i}" and an open " quote' for i in range(12)]
+    (tmp_path / "a").rename(tmp_path / "b")
+    split = lambda folder: manifest_module(tmp_path, tmp_path / folder / "pairs.tsv", val_fraction=0.5).splits()  # noqa: E731
+    moved = split("b")
+    (tmp_path / "b").rename(tmp_path / "a")
+    here = split("a")
+    assert [Path(p).name for p in moved[1].paths] == [Path(p).name for p in here[1].paths]
 
 
 def test_manifest_batches_hold_views_fixed_length_captions_and_labels(tmp_path):
@@ -287,7 +321,7 @@ def test_webdataset_shards_are_split_across_ranks_and_epochs_have_equal_length(t
     assert data.num_samples == 24 and data.num_train_samples() == 24  # 4 batches of 3 per rank
     shards = []
     for rank in range(2):
-        data.train_set.place(rank, 2, workers=1, batches_per_worker=data.batches_per_worker(2))
+        data.train_set.place(rank, 2, workers=1, batches_per_worker=data.layout(data.train_set, 24, 2)[1])
         mine = data.train_set.my_shards(0, 0)
         epoch = list(iter(data.train_set))
         assert len(epoch) == len(data.train_set) == 4
@@ -295,6 +329,40 @@ def test_webdataset_shards_are_split_across_ranks_and_epochs_have_equal_length(t
         assert {n // 10 for n in numbers} == {int(Path(s).stem[-1]) for s in mine}  # its own shards only
         shards.append(set(mine))
     assert shards[0].isdisjoint(shards[1]) and len(shards[0] | shards[1]) == 4
+
+
+def test_webdataset_validation_gives_every_rank_the_same_full_batches(tmp_path):
+    """CLIP's loss gathers across ranks: uneven validation batches would hang DDP."""
+    for s, n in enumerate([7, 5, 4]):
+        write_shard(tmp_path / f"val-{s}.tar", 10 * s, n)
+    write_shard(tmp_path / "train-0.tar", 0, 10)
+    write_shard(tmp_path / "train-1.tar", 20, 10)
+    data = webdataset_module(tmp_path, urls=[str(tmp_path / "train-0.tar"), str(tmp_path / "train-1.tar")],
+                             val_urls=str(tmp_path / "val-{0..2}.tar"))
+    data.check_before_training(devices=2)
+    sizes = []
+    for rank in range(2):
+        loader = data._stream_loader(data.val_set, data.val_samples, world=2, rank=rank)
+        sizes.append([len(b["index"]) for b in loader])
+        assert [len(b["index"]) for b in loader] == sizes[-1]  # and again next epoch
+    assert sizes == [[3, 3], [3, 3]]  # 16 pairs / (3 x 2 ranks); rank 1 has 4 pairs and reads two of them twice
+    with pytest.raises(DataError, match="cannot feed 4 processes"):
+        data.check_before_training(devices=4)
+
+
+def test_webdataset_without_a_readable_pair_fails_instead_of_looping(tmp_path):
+    write_shard(tmp_path / "bad.tar", 0, 4, corrupt=None)
+    import webdataset as wds
+
+    with wds.TarWriter(str(tmp_path / "tif.tar")) as sink:  # images in a format the reader does not take
+        for i in range(4):
+            sink.write({"__key__": f"{i:04d}", "tif": b"II*\x00", "txt": "a caption"})
+    data = webdataset_module(tmp_path, urls=str(tmp_path / "tif.tar"))
+    with pytest.raises(DataError, match=r"no readable pair at the start of .*tif\.tar"):
+        data.check_before_training()
+    data.train_set.place(0, 1, workers=1, batches_per_worker=1)
+    with pytest.raises(DataError, match=r"no readable pair in shards .*tif\.tar \(4 skipped\)"):
+        next(iter(data.train_set))
 
 
 # -- Open Clip Art -------------------------------------------------------------------------------------------
@@ -382,7 +450,14 @@ def test_train_clip_with_its_defaults_then_zero_shot_and_retrieval_offline(train
                             "logger=csv", *extra], capture_output=True, text=True, timeout=600, **env_args)
         assert r.returncode == 0, r.stderr[-3000:]
     own = json.loads((run / "results.json").read_text())["retrieval"]
-    val_manifest = next(openclipart_cache.glob("*/val.jsonl"))  # the same pairs through another data module
+    # The same pairs through another data module; copies of a drawing in two folders point to one file, as
+    # openclipart counts them as one image (by file name) and a manifest by path.
+    first_copy: dict[str, str] = {}
+    rows = [json.loads(line) for line in next(openclipart_cache.glob("*/val.jsonl")).read_text().splitlines()]
+    for row in rows:
+        row["image"] = first_copy.setdefault(Path(row["image"]).name, row["image"])
+    val_manifest = tmp_path / "val.jsonl"
+    val_manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
     r = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"checkpoint={run}", "protocol=retrieval",
                         "logger=csv", "data=image_text_manifest", f"data.manifest={val_manifest}",
                         f"data.val_manifest={val_manifest}", "batch_size=16", f"out={tmp_path / 'other'}"],

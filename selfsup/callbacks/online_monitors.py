@@ -33,7 +33,7 @@ from selfsup.errors import ConfigError
 from selfsup.evaluation.features import FeatureSet, extract, num_classes_of
 from selfsup.evaluation.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_accuracy
 from selfsup.evaluation.linear import LinearProbe, evaluate_probe, make_optimizer
-from selfsup.evaluation.zero_shot import DEFAULT_TEMPLATES, class_embeddings, dual_encoder_metrics
+from selfsup.evaluation.zero_shot import DEFAULT_TEMPLATES, class_embeddings, dual_encoder_metrics, pair_ids
 from selfsup.objectives.clip import CLIP, DualEncoder
 
 AUTO_CAPS = {"cuda": {"train": 50_000, "val": 10_000}, "cpu": {"train": 512, "val": 256}}
@@ -295,7 +295,7 @@ class ZeroShotMonitor(pl.Callback):
             class_emb = class_embeddings(dual.encode_text, data.captions(), names, self.templates, pl_module.device,
                                          trainer.precision_plugin.forward_context)
             dual.train()
-        metrics = dual_encoder_metrics(val, dual.embed_dim, class_emb)
+        metrics = dual_encoder_metrics(val, dual.embed_dim, class_emb, pair_ids(data, "val", val.index))
         if metrics:
             log_row(trainer, {f"val/{name}": value for name, value in metrics.items()})
 

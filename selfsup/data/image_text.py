@@ -32,18 +32,21 @@ from selfsup.token_ids import TokenizerInfo
 
 @dataclass
 class Pairs:
-    """Image paths and their captions, with label names where the source has them."""
+    """Image paths and their captions, with label names where the source has them. `names`: each image as the
+    source names it (a manifest's own field, before resolving it to a path), which the hold-out hashes so that
+    the split does not depend on where the data is mounted."""
 
     paths: list[str]
     captions: list[str]
     labels: list[str] | None = None
+    names: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def select(self, keep: np.ndarray) -> "Pairs":
-        pick = lambda values: [v for v, k in zip(values, keep) if k]  # noqa: E731
-        return Pairs(pick(self.paths), pick(self.captions), pick(self.labels) if self.labels is not None else None)
+        pick = lambda values: [v for v, k in zip(values, keep) if k] if values is not None else None  # noqa: E731
+        return Pairs(pick(self.paths), pick(self.captions), pick(self.labels), pick(self.names))
 
 
 class Captions:
@@ -115,7 +118,7 @@ class ImageTextDataModule(Tokenized, ImageDataModule):
             if len(train) == 0:
                 raise DataError(f"{self.source} holds no image-text pairs; check the manifest")
             if val is None:
-                held = holdout(train.paths, self.val_fraction)
+                held = holdout(train.names or train.paths, self.val_fraction)
                 train, val = train.select(~held), train.select(held)
             self._splits = (train, val)
         return self._splits
@@ -130,7 +133,22 @@ class ImageTextDataModule(Tokenized, ImageDataModule):
     def tokenizer_corpus(self) -> tuple[Any, Any, int]:
         """The training captions."""
         captions = self.splits()[0].captions
-        return {"pairs": self.identity()}, lambda: iter(captions), len(captions)
+        return {"pairs": self.identity(), "val_fraction": self.val_fraction}, lambda: iter(captions), len(captions)
+
+    def image_identity(self, path: str) -> str:
+        """What makes two rows the same image for retrieval: the path (sources with copies override this)."""
+        return path
+
+    def pair_ids(self, split: str, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image and caption ids of rows `index` of `split`: rows sharing an image (or a caption) share its id."""
+        pairs = self.splits()[0 if split == "train" else 1]
+        rows = index.tolist()
+        images = [self.image_identity(pairs.paths[i]) for i in rows]
+        texts = [pairs.captions[i] for i in rows]
+        number = lambda values: {v: n for n, v in enumerate(dict.fromkeys(values))}  # noqa: E731
+        image_number, text_number = number(images), number(texts)
+        return (torch.tensor([image_number[v] for v in images], device=index.device),
+                torch.tensor([text_number[v] for v in texts], device=index.device))
 
     def captions(self) -> Captions:
         return Captions(self.tokenizer, self.tokenizer_info, self.context_length)
@@ -146,7 +164,7 @@ class ImageTextDataModule(Tokenized, ImageDataModule):
 def read_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
     """(line number, row) of a .jsonl / .json (one object per line), .csv or .tsv file (a header row first)."""
     suffix = path.suffix.lower()
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a spreadsheet's byte-order mark is not text
         if suffix in (".jsonl", ".json"):
             for number, line in enumerate(f, 1):
                 if line.strip():
@@ -155,7 +173,9 @@ def read_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
                     except json.JSONDecodeError as e:
                         raise DataError(f"{path} line {number} is not JSON ({e.msg}); one object per line") from None
         elif suffix in (".csv", ".tsv"):
-            for number, row in enumerate(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","), 2):
+            tsv = suffix == ".tsv"  # tab-separated: quotes are text (a caption may start with one)
+            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.DictReader(f)
+            for number, row in enumerate(reader, 2):
                 yield number, row
         else:
             raise ConfigError(f"manifest {path}: unknown format '{suffix}'; use .jsonl, .csv or .tsv")
@@ -168,7 +188,7 @@ def read_manifest(path: str | Path, image_key: str = "image", caption_key: str =
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"manifest {path} does not exist; give a .jsonl, .csv or .tsv of image paths and captions")
-    pairs = Pairs([], [], [] if label_key else None)
+    pairs = Pairs([], [], [] if label_key else None, [])
     try:
         for number, row in read_rows(path):
             for key in (image_key, caption_key, label_key):
@@ -177,6 +197,7 @@ def read_manifest(path: str | Path, image_key: str = "image", caption_key: str =
                                     "data.image_key / data.caption_key / data.label_key")
             image = Path(str(row[image_key])).expanduser()
             pairs.paths.append(str(image if image.is_absolute() else path.parent / image))
+            pairs.names.append(str(row[image_key]))
             pairs.captions.append(str(row[caption_key] or ""))
             if label_key:
                 pairs.labels.append(str(row[label_key]))

@@ -142,6 +142,10 @@ class OpenClipart(ImageTextManifest):
     def source(self) -> str:
         return f"{self.name} ({self.root})"
 
+    def image_identity(self, path: str) -> str:
+        """Copies of a drawing in several sub-folders share their file name: one image for retrieval."""
+        return Path(path).name
+
     def manifests(self) -> tuple[str, str | None]:
         if self.manifest is None:
             folder = cache_folder(self.root, self.val_fraction, self.cache_dir)

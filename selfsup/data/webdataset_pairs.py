@@ -7,11 +7,12 @@ Reading and grouping tar members is the `webdataset` library's (tarfile_to_sampl
   epoch is the same number of batches on every rank (so DDP ranks never wait on one another).
 - An image that does not decode is skipped and counted in the next sample's `skipped` (data/skipped_samples in
   the logs); a damaged tar stream is reported and the reader goes on to the next shard.
-- Validation reads `val_urls` once per epoch, each rank its share.
+- Validation reads the same full batches of `val_urls` every epoch, as many on every rank (the CLIP loss gathers
+  across ranks, so uneven batches would hang DDP).
 - The samples per epoch are `num_samples`, else the `successes` of img2dataset's *_stats.json files, else the
   captions counted in the shards' tar headers.
 - Resume restarts the stream at the pass of the resumed epoch, not at the exact sample (map-style sources such
-  as manifests resume exactly).
+  as manifests resume exactly). A pass over a worker's shards without one readable pair is a DataError.
 """
 from __future__ import annotations
 
@@ -99,74 +100,70 @@ class PairDecoder:
 
 
 class ShardStream(IterableDataset):
-    """Collated batches from tar shards. `batches_per_worker` set: endless passes, that many batches per worker
-    and epoch, continuing where the last epoch stopped. None: one pass, all of it (validation)."""
+    """Collated batches from tar shards: `batches_per_worker` full batches per data worker and epoch, so every
+    rank has as many. Each worker reads its share of the shards (rank r of W, worker w of K: shards r*K + w,
+    r*K + w + W*K, ...) and starts over when it has read them. Training (`train=True`) shuffles the shard order
+    per pass and the samples in a buffer, and continues across epochs where the last one stopped; validation
+    reads the same batches in the same order every epoch. A whole pass without a readable pair is a DataError,
+    never an endless loop."""
 
     def __init__(self, shards: list[str], decode: PairDecoder, batch_size: int,
                  collate: Callable[[list[dict[str, Any]]], dict[str, Any]], seed: int = 0,
-                 shuffle_buffer: int = 0) -> None:
+                 shuffle_buffer: int = 0, train: bool = True) -> None:
         self.shards, self.decode, self.batch_size, self.collate = shards, decode, batch_size, collate
-        self.seed, self.shuffle_buffer = seed, shuffle_buffer
-        self.rank, self.world, self.workers, self.start_pass = 0, 1, 1, 0
-        self.batches_per_worker: int | None = None
+        self.seed, self.shuffle_buffer, self.train = seed, shuffle_buffer, train
+        self.rank, self.world, self.workers, self.start_pass, self.batches_per_worker = 0, 1, 1, 0, 1
         self._batches: Iterator[dict[str, Any]] | None = None
 
-    def place(self, rank: int, world: int, workers: int, batches_per_worker: int | None, start_pass: int = 0) -> None:
+    def place(self, rank: int, world: int, workers: int, batches_per_worker: int, start_pass: int = 0) -> None:
         self.rank, self.world, self.workers = rank, world, max(1, workers)
         self.batches_per_worker, self.start_pass = batches_per_worker, start_pass
         self._batches = None
 
     def __len__(self) -> int:
-        """Batches per epoch on this rank (what Lightning counts); a single pass has no length known up front."""
-        if self.batches_per_worker is None:
-            raise TypeError("a single pass over shards has no length")
+        """Batches per epoch on this rank (what Lightning counts)."""
         return self.batches_per_worker * self.workers
 
     def my_shards(self, pass_number: int, worker: int) -> list[str]:
         order = list(self.shards)
-        if self.batches_per_worker is not None:  # training: a new shard order each pass
+        if self.train:  # a new shard order each pass
             random.Random(self.seed * 1_000_003 + pass_number).shuffle(order)
         return order[self.rank * self.workers + worker :: self.world * self.workers]
 
     def _stream(self, worker: int) -> Iterator[dict[str, Any]]:
         import webdataset as wds
 
-        endless = self.batches_per_worker is not None
         rng = random.Random(f"{self.seed}-{self.rank}-{worker}")
         pass_number, skipped, batch = self.start_pass, 0, []
         while True:
             shards = self.my_shards(pass_number, worker)
             if not shards:
-                if endless:
-                    raise DataError(f"data worker {worker} of rank {self.rank} has no shard to read; use at least "
-                                    f"{self.world * self.workers} shards or fewer data.num_workers")
-                return
+                raise DataError(f"data worker {worker} of rank {self.rank} has no shard to read; use at least "
+                                f"{self.world * self.workers} shards or fewer data.num_workers")
             samples = wds.tarfile_to_samples(handler=wds.warn_and_continue)({"url": url} for url in shards)
-            if endless and self.shuffle_buffer > 1:
+            if self.train and self.shuffle_buffer > 1:
                 samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 2, rng=rng)(samples)
+            readable = 0
             for raw in samples:
                 sample = self.decode(raw, pass_number)
                 if sample is None:
                     skipped += 1
                     continue
+                readable += 1
                 sample["skipped"], skipped = skipped, 0
                 batch.append(sample)
                 if len(batch) == self.batch_size:
                     yield self.collate(batch)
                     batch = []
-            if not endless:
-                if batch:
-                    yield self.collate(batch)
-                return
+            if readable == 0:
+                raise DataError(f"no readable pair in shards {', '.join(shards[:3])} ({skipped} skipped): each key "
+                                f"needs an image ({', '.join(IMAGE_EXTENSIONS)}) that decodes and a .txt caption")
             pass_number += 1
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        if self.batches_per_worker is None:
-            yield from self._stream(worker)
-            return
-        if self._batches is None:  # kept across epochs (persistent workers): the stream goes on
+        if self._batches is None or not self.train:  # training goes on across epochs (persistent workers)
             self._batches = self._stream(worker)
         for _ in range(self.batches_per_worker):
             yield next(self._batches)
@@ -182,7 +179,7 @@ class WebDatasetPairs(ImageTextDataModule):
         super().__init__(val_fraction=0.0, **kwargs)
         self.train_shards, self.val_shards = expand_urls(urls), expand_urls(val_urls)
         self.urls, self.num_samples, self.shuffle_buffer = urls, num_samples, shuffle_buffer
-        self.world = 1
+        self.val_samples, self.world = 0, 1
 
     @property
     def source(self) -> str:
@@ -211,13 +208,14 @@ class WebDatasetPairs(ImageTextDataModule):
         self.check_shards()
         captions = self.captions()
         train_views = worker_views(self.views, self.image_size, self.augment_on, same_size_source=False)
-        make = lambda shards, views: ShardStream(  # noqa: E731
+        make = lambda shards, views, train: ShardStream(  # noqa: E731
             shards, PairDecoder(views, captions, self.channels, self.seed), self.batch_size, default_collate,
-            self.seed, self.shuffle_buffer)
-        train = make(self.train_shards, train_views)
-        val = make(self.val_shards, eval_views(self.views, self.image_size)) if self.val_shards else None
+            self.seed, self.shuffle_buffer, train)
+        train = make(self.train_shards, train_views, True)
+        val = make(self.val_shards, eval_views(self.views, self.image_size), False) if self.val_shards else None
         if self.num_samples is None:
             self.num_samples = sum(count_pairs(s) for s in self.train_shards)
+        self.val_samples = sum(count_pairs(s) for s in self.val_shards)
         return train, val
 
     def setup(self, stage: str | None = None) -> None:
@@ -225,52 +223,81 @@ class WebDatasetPairs(ImageTextDataModule):
             self.train_set, self.val_set = self.build_datasets()
 
     # -- epochs of equal length on every rank ------------------------------------------------------------------
-    def workers_for(self, world: int) -> int:
+    @staticmethod
+    def workers_for(shards: list[str], wanted: int, world: int) -> int:
         """Data workers per process: at most the shards each process has (a worker without one would idle)."""
-        return max(0, min(self.num_workers, len(self.train_shards) // world))
+        return max(0, min(wanted, len(shards) // world))
 
-    def batches_per_worker(self, world: int) -> int:
-        per_rank = self.num_samples // (self.batch_size * world)
-        return max(1, per_rank // max(1, self.workers_for(world)))
+    def layout(self, stream: ShardStream, samples: int, world: int) -> tuple[int, int]:
+        """(data workers, batches per worker) of a stream: as many full batches on every rank."""
+        workers = self.workers_for(stream.shards, self.num_workers, world)
+        per_rank = samples // (self.batch_size * world)
+        return workers, max(1, per_rank // max(1, workers))
 
     def num_train_samples(self) -> int:
         self.setup()
-        workers = max(1, self.workers_for(self.world))
-        return self.batches_per_worker(self.world) * workers * self.batch_size * self.world
+        workers, per_worker = self.layout(self.train_set, self.num_samples, self.world)
+        return per_worker * max(1, workers) * self.batch_size * self.world
 
     def check_before_training(self, devices: int = 1) -> None:
+        """Enough shards for every process, a batch the data can fill, and one pair that decodes."""
         self.setup()
-        if len(self.train_shards) < devices:
-            raise DataError(f"{len(self.train_shards)} shards cannot feed {devices} processes; each needs one at "
-                            "least (split the data into more shards)")
+        for kind, shards in (("training", self.train_shards), ("validation", self.val_shards)):
+            if shards and len(shards) < devices:
+                raise DataError(f"{len(shards)} {kind} shards cannot feed {devices} processes; each needs one at "
+                                "least (split the data into more shards)")
         if self.num_samples < self.batch_size * devices:
             raise ConfigError(f"global batch {self.batch_size * devices} is larger than the {self.num_samples} "
                               f"training pairs of {self.source}; lower data.batch_size")
+        self.first_pair()
         self.world = devices
-        if self.workers_for(devices) < self.num_workers:
-            rank_zero_info(f"webdataset: {self.workers_for(devices)} data workers per process (one per shard)")
+        workers = self.workers_for(self.train_shards, self.num_workers, devices)
+        if workers < self.num_workers:
+            rank_zero_info(f"webdataset: {workers} data workers per process (at most one per shard)")
 
-    def _stream_loader(self, stream: ShardStream, workers: int) -> DataLoader:
+    def first_pair(self) -> dict[str, Any]:
+        """The first readable pair of the first shard, else a DataError naming the shard."""
+        import webdataset as wds
+
+        shard = self.train_shards[0]
+        for count, raw in enumerate(wds.tarfile_to_samples(handler=wds.warn_and_continue)([{"url": shard}])):
+            sample = self.train_set.decode(raw, 0)
+            if sample is not None:
+                return sample
+            if count >= 64:
+                break
+        raise DataError(f"no readable pair at the start of {shard}: each key needs an image "
+                        f"({', '.join(IMAGE_EXTENSIONS)}) that decodes and a .txt caption")
+
+    def _stream_loader(self, stream: ShardStream, samples: int, world: int, rank: int, start_pass: int = 0
+                       ) -> DataLoader:
+        workers, per_worker = self.layout(stream, samples, world)
+        stream.place(rank, world, workers, per_worker, start_pass)
         return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
                           pin_memory=self.pin_memory and torch.cuda.is_available(),
                           prefetch_factor=4 if workers > 0 else None)
 
+    def rank_world(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, self.world)
+
     def train_dataloader(self) -> DataLoader:
+        """Resuming starts the stream at the pass of the interrupted epoch (the next one after an epoch's end)."""
         self.setup()
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, self.world)
-        workers = self.workers_for(world)
-        start = self._resume["epoch"] if self._resume else 0
-        self.train_set.place(rank, world, workers, self.batches_per_worker(world), start_pass=start)
-        return self._stream_loader(self.train_set, workers)
+        rank, world = self.rank_world()
+        start = 0
+        if self._resume:
+            workers, per_worker = self.layout(self.train_set, self.num_samples, world)
+            finished = self._resume["batches_done"] >= per_worker * max(1, workers)
+            start = self._resume["epoch"] + (1 if finished else 0)
+        return self._stream_loader(self.train_set, self.num_samples, world, rank, start)
 
     def val_dataloader(self) -> DataLoader | list:
+        """The same full batches every epoch, as many on every rank (a rank short of pairs reads some twice)."""
         self.setup()
         if self.val_set is None:
             return []
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        workers = max(0, min(self.num_workers, len(self.val_shards) // world))
-        self.val_set.place(rank, world, workers, None)
-        return self._stream_loader(self.val_set, workers)
+        rank, world = self.rank_world()
+        return self._stream_loader(self.val_set, self.val_samples, world, rank)
 
     def has_labels(self) -> bool:
         return False

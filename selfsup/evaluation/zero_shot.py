@@ -3,8 +3,9 @@
 - Zero-shot: each class name is written into every prompt template; the class's text embedding is the mean of
   its prompts' normalised embeddings, normalised again. An image is assigned the class whose embedding is most
   similar to its own: `zero_shot_top1`, `zero_shot_top5`.
-- Retrieval on held-out pairs: for each image, the rank of its own caption among all captions (and the reverse):
-  `image_to_text_R@k` and `text_to_image_R@k`, the share of queries whose match is among the k most similar.
+- Retrieval on held-out pairs: for each image, the rank of its best true caption among all captions (and the
+  reverse): `image_to_text_R@k` and `text_to_image_R@k`, the share of queries with a match among the k most
+  similar. Rows repeating an image or a caption count as one candidate (COCO's five captions per image).
 """
 from __future__ import annotations
 
@@ -56,18 +57,38 @@ def zero_shot_accuracy(image_emb: torch.Tensor, labels: torch.Tensor, class_emb:
     return out
 
 
-def retrieval_recall(image_emb: torch.Tensor, text_emb: torch.Tensor, ks: Sequence[int] = RECALL_AT
-                     ) -> dict[str, float]:
-    """Recall@k both ways for pairs (image i, text i): the share of queries whose own match ranks in the top k."""
-    scores = image_emb.float() @ text_emb.float().T  # (N, N)
+def retrieval_recall(image_emb: torch.Tensor, text_emb: torch.Tensor, ks: Sequence[int] = RECALL_AT,
+                     image_ids: torch.Tensor | None = None, text_ids: torch.Tensor | None = None) -> dict[str, float]:
+    """Recall@k both ways over pairs (image i, text i): the share of queries with a true match in the top k.
+
+    Rows naming the same image (`image_ids`) or the same caption (`text_ids`) are one candidate, and any of a
+    query's true matches counts (COCO's protocol: an image with five captions is found by each of them). A
+    query's rank is the number of wrong candidates scoring at least its best true match: ties count against
+    it, so a collapsed tower (all embeddings equal) scores 0, not 1. Without ids every row is its own.
+    """
+    rows = torch.arange(len(image_emb), device=image_emb.device)
+    image_ids = rows if image_ids is None else image_ids.to(rows.device)
+    text_ids = rows if text_ids is None else text_ids.to(rows.device)
+    _, image_of, image_first = unique_rows(image_ids)
+    _, text_of, text_first = unique_rows(text_ids)
+    positive = torch.zeros(len(image_first), len(text_first), dtype=torch.bool, device=rows.device)
+    positive[image_of, text_of] = True
+    scores = image_emb[image_first].float() @ text_emb[text_first].float().T  # unique images x unique texts
     out = {}
-    for name, s in (("image_to_text", scores), ("text_to_image", scores.T)):
-        own = s.diagonal().unsqueeze(1)
-        rank = (s >= own).sum(dim=1) - 1  # candidates scoring at least the true match's: ties count against,
-        # so a collapsed tower (all embeddings equal) scores 0, not 1
+    for name, s, p in (("image_to_text", scores, positive), ("text_to_image", scores.T, positive.T)):
+        best = s.masked_fill(~p, float("-inf")).amax(dim=1, keepdim=True)
+        rank = ((s >= best) & ~p).sum(dim=1)
         for k in ks:
             out[f"{name}_R@{k}"] = (rank < k).float().mean().item()
     return out
+
+
+def unique_rows(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(unique ids, each row's position among them, the first row of each)."""
+    unique, inverse = torch.unique(ids, return_inverse=True)
+    first = torch.full((len(unique),), len(ids), dtype=torch.long, device=ids.device)
+    first.scatter_reduce_(0, inverse, torch.arange(len(ids), device=ids.device), reduce="amin")
+    return unique, inverse, first
 
 
 def split_embeddings(features: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -77,16 +98,24 @@ def split_embeddings(features: torch.Tensor, dim: int) -> tuple[torch.Tensor, to
     return features, None
 
 
-def dual_encoder_metrics(features: Any, dim: int, class_emb: torch.Tensor | None) -> dict[str, float]:
-    """Zero-shot accuracy (where there are labels and class embeddings) and retrieval (where there are captions)
-    of a FeatureSet extracted with a DualEncoder."""
+def pair_ids(data: Any, split: str, index: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Which rows of `split` (by dataset index) share an image or a caption, where the data module knows."""
+    if not hasattr(data, "pair_ids"):
+        return None, None
+    return data.pair_ids(split, index)
+
+
+def dual_encoder_metrics(features: Any, dim: int, class_emb: torch.Tensor | None,
+                         ids: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)) -> dict[str, float]:
+    """Zero-shot accuracy (where there are labels and class embeddings) and retrieval (where there are captions;
+    `ids`: image and caption ids of the rows) of a FeatureSet extracted with a DualEncoder."""
     image_emb, text_emb = split_embeddings(features.features, dim)
     metrics: dict[str, float] = {}
     if class_emb is not None and features.labels is not None:
         keep = features.labels >= 0
         metrics.update(zero_shot_accuracy(image_emb[keep], features.labels[keep], class_emb))
     if text_emb is not None:
-        metrics.update(retrieval_recall(image_emb, text_emb))
+        metrics.update(retrieval_recall(image_emb, text_emb, image_ids=ids[0], text_ids=ids[1]))
     return metrics
 
 
@@ -130,8 +159,13 @@ class RetrievalProtocol(Protocol):
         if getattr(ctx.data, "modality", None) != "image-text":
             raise DataError(f"retrieval needs image-text pairs, and {ctx.data.source} has images only; "
                             "use the run's data or another image-text source")
+        if ctx.data.eval_dataset("val") is None:
+            raise DataError(f"retrieval runs on held-out pairs, and {ctx.data.source} has none; give a validation "
+                            "split (data.val_manifest, data.val_fraction) or data=image_text_manifest with them")
         val = ctx.features(model, "val")
         image_emb, text_emb = split_embeddings(val.features, model.embed_dim)
-        results = {f"val/{k}": v for k, v in retrieval_recall(image_emb, text_emb).items()}
+        image_ids, text_ids = pair_ids(ctx.data, "val", val.index)
+        results = {f"val/{k}": v for k, v in retrieval_recall(image_emb, text_emb, image_ids=image_ids,
+                                                              text_ids=text_ids).items()}
         ctx.log(results, 0)
         return {**results, "val_samples": len(val)}

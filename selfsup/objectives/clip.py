@@ -36,8 +36,9 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
     rank, _ = rank_and_world()
     all_images, all_texts = gather_with_grad(image_emb), gather_with_grad(text_emb)
     scale = logit_scale.float()
-    logits_per_image = scale * image_emb @ all_texts.T  # (n, N)
-    logits_per_text = scale * text_emb @ all_images.T  # (n, N)
+    with torch.autocast(image_emb.device.type, enabled=False):  # bf16 would round logits of ~100 to steps of 0.5
+        logits_per_image = scale * image_emb @ all_texts.T  # (n, N)
+        logits_per_text = scale * text_emb @ all_images.T  # (n, N)
     labels = torch.arange(len(image_emb), device=image_emb.device) + rank * len(image_emb)
     loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
     image_accuracy = (logits_per_image.argmax(dim=1) == labels).float().mean()

@@ -25,7 +25,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tuple[tor
     candidates = torch.cat([gather_with_grad(z1), gather_with_grad(z2)])  # (2N, d): all view-1, then all view-2
     total = n * world
     anchors = torch.cat([z1, z2])
-    logits = anchors @ candidates.T / temperature  # (2n, 2N)
+    with torch.autocast(z1.device.type, enabled=False):  # float32 logits under bf16 autocast too
+        logits = anchors @ candidates.T / temperature  # (2n, 2N)
     own = torch.arange(n, device=z1.device) + rank * n
     self_index = torch.cat([own, own + total])
     positive = torch.cat([own + total, own])

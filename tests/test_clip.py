@@ -23,9 +23,11 @@ from PIL import Image
 
 from conftest import ROOT, assert_same_last_checkpoint, train_whole_and_resumed
 from selfsup.backbones.text import TextTransformer
-from selfsup.data import openclipart
-from selfsup.data.image_text import ImageTextManifest, read_manifest
-from selfsup.data.openclipart import OpenClipart, caption, prepare, svg_metadata
+from selfsup.data import openclipart, openclipart_prepare
+from selfsup.data.image_text import ImageTextManifest
+from selfsup.data.image_text_datasets import read_manifest
+from selfsup.data.openclipart import OpenClipart
+from selfsup.data.openclipart_prepare import caption, prepare, svg_metadata
 from selfsup.errors import ConfigError, DataError
 from selfsup.evaluation.zero_shot import retrieval_recall, zero_shot_accuracy
 from selfsup.objectives.clip import CLIP, clip_loss
@@ -390,7 +392,7 @@ def fake_openclipart(root: Path) -> None:
 
 def test_openclipart_prepare_builds_captions_labels_and_a_held_out_split(tmp_path, monkeypatch):
     fake_openclipart(tmp_path / "root")
-    monkeypatch.setattr(openclipart, "MAX_PIXELS", 10_000_000)
+    monkeypatch.setattr(openclipart_prepare, "MAX_PIXELS", 10_000_000)
     assert svg_metadata(tmp_path / "root/svg/animals/birds/owl_x_01.svg") == ("Night owl", "Drawn by hand.", ["bird"])
     assert caption("Night owl", "Drawn by hand.", ["bird", "owl"]) == "Night owl. Drawn by hand. keywords: bird, owl."
     train, val = prepare(tmp_path / "root", tmp_path / "out", val_fraction=0.0)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import gzip
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +110,13 @@ def test_debian_fashion_mnist_is_found():
     dm = FashionMNIST(num_workers=0)
     dm.setup()
     assert len(dm.train_set) == 60000 and len(dm.val_set) == 10000
+
+
+def test_the_parts_of_data_modules_import_without_lightning():
+    """Samplers, datasets, decoding, augmentation, tokenizers, manifests and shard streams are plain torch."""
+    parts = ["sampling", "text_datasets", "image_text_datasets", "shards", "decode", "augment", "views", "tokenizer",
+             "openclipart_prepare"]
+    code = ("import sys\n" + "".join(f"import selfsup.data.{m}\n" for m in parts)
+            + "print(sorted(k for k in sys.modules if k.split('.')[0] in ('pytorch_lightning', 'lightning')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -97,6 +98,17 @@ def test_variants_of_one_method_are_named_by_what_differs(tmp_path):
     methods = group_runs(load_runs(tmp_path))
     assert [(m.objective, len(m.runs)) for m in methods] == [("mae (objective.mask_ratio=0.75)", 2),
                                                             ("mae (objective.mask_ratio=0.9)", 1)]
+
+
+def test_eval_column_takes_the_trained_weights_not_the_random_init_baseline(tmp_path):
+    from selfsup.evaluation.compare import load_runs, run_stats
+
+    folder = write_run(tmp_path / "r", "simclr", 0, [0.4], [1.0])
+    results = {"knn@random_init": {"val/knn_top1": 0.2, "weights": "random"},
+               "knn": {"val/knn_top1": 0.9, "weights": "trained"}}
+    (folder / "results.json").write_text(json.dumps(results))
+    (run,) = load_runs(tmp_path)
+    assert run_stats(run, "val/knn_top1")["eval"] == 0.9
 
 
 def test_offline_wandb_history_matches_the_csv(real_run, tmp_path):

@@ -356,6 +356,25 @@ def test_eval_knn_and_linear_write_results_json(trained_run):
     assert (trained_run / "eval" / "linear" / "metrics.csv").is_file()
 
 
+def test_eval_random_init_baseline_is_seeded_and_kept_apart(trained_run, tmp_path):
+    from selfsup.evaluation.checkpoint import load_pretrained
+
+    trained = load_pretrained(trained_run).backbone.state_dict()
+    first, again, other = (load_pretrained(trained_run, random_init=True, seed=s).backbone.state_dict()
+                           for s in (3, 3, 4))
+    assert all(torch.equal(first[k], again[k]) for k in first)  # the baseline is reproducible
+    learned = [k for k in first if not torch.equal(first[k], other[k])]  # what the seed draws
+    assert learned and all(not torch.equal(first[k], trained[k]) for k in learned)  # no checkpoint weights
+    cli = load_script("eval")
+    common = [f"checkpoint={trained_run}", "logger=csv", f"out={tmp_path}", "protocol=knn"]
+    assert cli.main([*common, "weights=random"]) == 0 and cli.main(common) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results) == {"knn", "knn@random_init"}  # the baseline never replaces the trained entry
+    assert (results["knn@random_init"]["weights"], results["knn@random_init"]["step"]) == ("random", 0)
+    assert (results["knn"]["weights"], results["knn"]["step"]) == ("trained", 16)
+    assert (tmp_path / "eval" / "knn@random_init" / "metrics.csv").is_file()
+
+
 def test_eval_finetune_and_lora_run_end_to_end(trained_run, tmp_path):
     cli = load_script("eval")
     common = [f"checkpoint={trained_run / 'checkpoints' / 'last.ckpt'}", "logger=csv", f"out={tmp_path}",
@@ -373,6 +392,7 @@ def test_eval_input_errors_are_one_line(trained_run, tmp_path, capsys):
         ([f"checkpoint={tmp_path / 'missing'}"], "no such file or folder"),
         (["protocol=knn"], "give checkpoint="),
         ([f"checkpoint={trained_run}", "protocol=svm"], "unknown protocol 'svm'; choose one of: finetune, knn, linear, lora"),
+        ([f"checkpoint={trained_run}", "weights=imagenet"], "weights=imagenet is not one of trained, random"),
         ([f"checkpoint={trained_run}", "data=synthetic", "data._target_=test_evaluation.Unlabelled"], "has no labels"),
     ]
     for argv, message in cases:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -82,17 +83,23 @@ def load_weights(module: nn.Module, weights: dict[str, Any], ckpt_path: Path, ru
                           f"{missing[:3]}, unexpected {unexpected[:3]}); was the config edited after training?")
 
 
-def load_pretrained(path: str | Path | None, dual_encoder: bool = False) -> Pretrained:
+def load_pretrained(path: str | Path | None, dual_encoder: bool = False, random_init: bool = False,
+                    seed: int = 0) -> Pretrained:
     """Rebuild the run's backbone from its config.yaml and load the checkpoint's backbone weights (strictly).
 
     `dual_encoder`: a CLIP run's backbone with its objective (text tower, projections, temperature) as one
     DualEncoder, for zero-shot and retrieval; a run of another objective is a ConfigError.
+    `random_init`: the same architecture at its random initialisation (seeded), no weights loaded: the
+    floor that pretraining must beat, measured by the same protocol on the same data.
     """
     ckpt_path, run_dir = resolve_checkpoint(path)
     run_cfg = load_run_config(run_dir)
-    checkpoint = load_checkpoint(ckpt_path)
+    checkpoint = {} if random_init else load_checkpoint(ckpt_path)
+    if random_init:
+        torch.manual_seed(seed)
     model = build_backbone(run_cfg)
-    load_weights(model, backbone_state(checkpoint, ckpt_path), ckpt_path, run_dir, "backbone")
+    if not random_init:
+        load_weights(model, backbone_state(checkpoint, ckpt_path), ckpt_path, run_dir, "backbone")
     if dual_encoder:
         from selfsup.objectives.clip import CLIP, DualEncoder
         from selfsup.train import build
@@ -101,8 +108,9 @@ def load_pretrained(path: str | Path | None, dual_encoder: bool = False) -> Pret
         if not isinstance(objective, CLIP):
             raise ConfigError(f"{run_dir} was trained with {type(objective).__name__}, which has no text tower; "
                               "zero-shot and retrieval evaluate CLIP runs")
-        prefix = "objective."
-        weights = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-        load_weights(objective, weights, ckpt_path, run_dir, "objective")
+        if not random_init:
+            prefix = "objective."
+            weights = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+            load_weights(objective, weights, ckpt_path, run_dir, "objective")
         model = DualEncoder(model, objective)
     return Pretrained(model.eval(), run_cfg, ckpt_path, run_dir, int(checkpoint.get("global_step", 0)))

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from selfsup.errors import ConfigError
 from selfsup.runs import flatten
 from selfsup.evaluation import wandb_offline
+from selfsup.evaluation.results import RANDOM_INIT_SUFFIX
 
 CONFIG, METRICS, RESULTS = "config.yaml", "metrics.csv", "results.json"
 MAX_SHOWN = 3  # differing config keys named in a variant's label
@@ -219,8 +220,9 @@ def run_stats(run: Run, column: str) -> dict[str, float | None]:
     _, walls = run.series(WALL)
     _, rates = run.series(RATE)
     _, memory = run.series(MEMORY)
-    eval_value = next((entry[column] for entry in run.results.values()
-                       if isinstance(entry, dict) and isinstance(entry.get(column), (int, float))), None)
+    eval_value = next((entry[column] for key, entry in run.results.items()
+                       if not key.endswith(RANDOM_INIT_SUFFIX) and isinstance(entry, dict)
+                       and isinstance(entry.get(column), (int, float))), None)
     return {"final": values[-1] if values else None, "best": best,
             "epochs": max(epochs) + 1 if epochs else None, "wall": max(walls) if walls else None,
             "rate": statistics.median(rates) if rates else None, "memory": max(memory) if memory else None,

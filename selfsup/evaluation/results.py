@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = "results.json"
+RANDOM_INIT_SUFFIX = "@random_init"  # the key of a protocol's random-initialisation baseline (eval.py weights=random)
 
 
 def read_results(path: Path) -> dict[str, Any]:

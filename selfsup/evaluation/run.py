@@ -14,7 +14,9 @@ from selfsup.evaluation.checkpoint import load_pretrained, resolve_checkpoint
 from selfsup.evaluation.data import build_eval_data, check_labelled, pick_device
 from selfsup.evaluation.features import num_classes_of
 from selfsup.evaluation.protocol import EvalContext
-from selfsup.evaluation.results import RESULTS, EvalLogger, update_results
+from selfsup.evaluation.results import RANDOM_INIT_SUFFIX, RESULTS, EvalLogger, update_results
+
+WEIGHTS = ("trained", "random")
 
 
 def compose(config_dir: Path, name: str, argv: Sequence[str], groups: Sequence[str] = ()) -> DictConfig:
@@ -56,9 +58,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     checkpoint = required(cfg, "checkpoint", "a run folder or a .ckpt file in one")
     resolve_checkpoint(checkpoint)  # a missing checkpoint fails here, before anything is built
+    weights = cfg.get("weights", "trained")
+    if weights not in WEIGHTS:
+        raise ConfigError(f"weights={weights} is not one of {', '.join(WEIGHTS)} (trained: the checkpoint's; "
+                          "random: the run's backbone at its random initialisation, the baseline)")
     protocol = build(cfg.protocol, _convert_="all")
     device = pick_device(cfg.device)
-    pre = load_pretrained(checkpoint, dual_encoder=protocol.dual_encoder)
+    random_init = weights == "random"
+    pre = load_pretrained(checkpoint, dual_encoder=protocol.dual_encoder, random_init=random_init, seed=cfg.seed)
+    key = f"{protocol.name}{RANDOM_INIT_SUFFIX}" if random_init else protocol.name
     data = build_eval_data(cfg.get("data"), pre.run_cfg, pre.backbone, protocol.views, cfg.seed, cfg.batch_size)
     if protocol.needs_labels:
         check_labelled(data, f"protocol={protocol.name}")
@@ -66,8 +74,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         data.check_before_training(1)
 
     out_dir = Path(cfg.out).expanduser() if cfg.get("out") else pre.run_dir
-    logger = EvalLogger(out_dir / "eval" / protocol.name, csv_enabled=bool(cfg.logger.get("csv", True)),
-                        wandb=wandb_settings(cfg, pre.run_cfg), name=f"{pre.run_dir.name}-{protocol.name}",
+    logger = EvalLogger(out_dir / "eval" / key, csv_enabled=bool(cfg.logger.get("csv", True)),
+                        wandb=wandb_settings(cfg, pre.run_cfg), name=f"{pre.run_dir.name}-{key}",
                         config={"eval": OmegaConf.to_container(cfg, resolve=True), "checkpoint": str(pre.checkpoint)})
     torch.manual_seed(cfg.seed)
     ctx = EvalContext(data=data, device=device, num_classes=num_classes_of(data) if protocol.needs_labels else 0,
@@ -75,15 +83,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                       max_train_samples=cfg.get("max_train_samples"), max_val_samples=cfg.get("max_val_samples"),
                       log=logger, run_cfg=pre.run_cfg)
     classes = f", {ctx.num_classes} classes" if protocol.needs_labels else ""
-    print(f"{protocol.name}: {pre.checkpoint} (step {pre.step}) on {data.source}{classes}, device {device}", flush=True)
+    source = f"{pre.run_dir} at random initialisation (seed {cfg.seed})" if random_init else \
+        f"{pre.checkpoint} (step {pre.step})"
+    print(f"{key}: {source} on {data.source}{classes}, device {device}", flush=True)
     start = time.perf_counter()
     metrics = protocol.run(pre.backbone.to(device), ctx)
-    entry = {**metrics, "checkpoint": str(pre.checkpoint.resolve()), "step": pre.step, "data": data.source,
-             "seconds": round(time.perf_counter() - start, 2),
+    entry = {**metrics, "checkpoint": str(pre.checkpoint.resolve()), "step": pre.step, "weights": weights,
+             "data": data.source, "seconds": round(time.perf_counter() - start, 2),
              "protocol": OmegaConf.to_container(cfg.protocol, resolve=True)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    update_results(out_dir / RESULTS, protocol.name, entry)
+    update_results(out_dir / RESULTS, key, entry)
     logger.finish(metrics)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val/") and isinstance(v, float))
-    print(f"{protocol.name}: {shown}\nwrote {out_dir / RESULTS}", flush=True)
+    print(f"{key}: {shown}\nwrote {out_dir / RESULTS}", flush=True)
     return entry

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -12,9 +12,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from selfsup.data.sampling import EpochSampler, KeyedViews
 from selfsup.data.augment import ViewSpec
 from selfsup.data.views import AUGMENT_ON, device_views, eval_views, resolve_augment_on, worker_views
-from selfsup.data.tokenizer import resolve_tokenizer
 from selfsup.errors import ConfigError, DataError
-from selfsup.token_ids import TokenizerInfo
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -116,6 +114,10 @@ class KeyedDataModule(pl.LightningDataModule):
                 f"{len(self.train_set)} training samples of {self.name}; lower data.batch_size"
             )
 
+    def log_info(self, message: str) -> None:
+        """A line in the run's log, written once per job (by global rank zero)."""
+        rank_zero_info(message)
+
     def num_train_samples(self) -> int:
         """Training samples per epoch (all processes together), which sets the steps per epoch."""
         self.setup()
@@ -195,34 +197,6 @@ class KeyedDataModule(pl.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._resume = dict(state)
-
-
-class Tokenized:
-    """For data modules with a tokenizer (text, image-text): `data.tokenizer.path`, else WordPiece trained once on
-    `tokenizer_corpus()` and cached (data/tokenizer.py). Objectives read its ids from `tokenizer_info`."""
-
-    tokenizer_cfg: dict[str, Any]
-    tokenizer_path: Any = None
-    _tokenizer: Any = None
-    _info: TokenizerInfo | None = None
-
-    def tokenizer_corpus(self) -> tuple[Any, Callable[[], Iterable[str]], int | None]:  # pragma: no cover
-        """(identity for the cache key, the training texts, their number): read only when training is needed."""
-        raise NotImplementedError
-
-    @property
-    def tokenizer(self) -> Any:
-        """The `tokenizers.Tokenizer`, loaded or trained once."""
-        if self._tokenizer is None:
-            self._tokenizer, self.tokenizer_path, self._info = resolve_tokenizer(self.tokenizer_cfg,
-                                                                                 self.tokenizer_corpus)
-            rank_zero_info(f"tokenizer: {self.tokenizer_path} ({self._info.vocab_size} tokens)")
-        return self._tokenizer
-
-    @property
-    def tokenizer_info(self) -> TokenizerInfo:
-        self.tokenizer
-        return self._info
 
 
 class ImageDataModule(KeyedDataModule):

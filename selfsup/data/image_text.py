@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from selfsup.data.base import ImageDataModule, Tokenized
+from selfsup.data.base import ImageDataModule
 from selfsup.data.image_text_datasets import Captions, PairFiles, Pairs, read_manifest
 from selfsup.data.text_datasets import file_identity, holdout
-from selfsup.data.tokenizer import tokenizer_settings
+from selfsup.data.tokenizer import Tokenized, tokenizer_settings
 from selfsup.errors import ConfigError, DataError
 
 

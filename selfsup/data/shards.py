@@ -50,6 +50,15 @@ def count_pairs(shard: str) -> int:
         raise DataError(f"cannot read shard {shard}: {e}; check the file or give data.num_samples") from None
 
 
+def stream_layout(shards: int, samples: int, batch_size: int, workers: int, world: int) -> tuple[int, int]:
+    """(data workers per process, full batches per worker) for `samples` pairs in `shards` shards read by `world`
+    processes: as many full batches on every rank, and at most as many workers as each process has shards (a
+    worker without one would idle)."""
+    workers = max(0, min(workers, shards // world))
+    per_rank = samples // (batch_size * world)
+    return workers, max(1, per_rank // max(1, workers))
+
+
 def read_captions(shards: Sequence[str]) -> Iterator[str]:
     """Every caption of the shards (the .txt members), for training a tokenizer."""
     for shard in shards:

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from selfsup.data.base import KeyedDataModule, Tokenized
+from selfsup.data.base import KeyedDataModule
 from selfsup.data.text_datasets import (BlockDataset, Corpus, LineDataset, PairDataset, TokenArrays, file_identity,
                                          holdout, lines, sentences)
-from selfsup.data.tokenizer import tokenizer_settings
+from selfsup.data.tokenizer import Tokenized, tokenizer_settings
 from selfsup.errors import ConfigError, DataError
 
 MODES = ("lines", "packed")

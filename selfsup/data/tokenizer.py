@@ -207,3 +207,33 @@ def resolve_tokenizer(settings: dict[str, Any], corpus: Callable[[], tuple[Any, 
     except AttributeError:
         pass
     return tokenizer, path, token_ids_of(tokenizer, f"tokenizer {path}")
+
+
+class Tokenized:
+    """For data modules with a tokenizer (text, image-text): `data.tokenizer.path`, else WordPiece trained once on
+    `tokenizer_corpus()` and cached. Objectives read its ids from `tokenizer_info`. Mixed into a data module, whose
+    `log_info` reports the tokenizer once it is resolved."""
+
+    tokenizer_cfg: dict[str, Any]
+    tokenizer_path: Any = None
+    _tokenizer: Any = None
+    _info: TokenizerInfo | None = None
+    log_info: Callable[[str], None]  # the data module's (data/base.py)
+
+    def tokenizer_corpus(self) -> tuple[Any, Callable[[], Iterable[str]], int | None]:  # pragma: no cover
+        """(identity for the cache key, the training texts, their number): read only when training is needed."""
+        raise NotImplementedError
+
+    @property
+    def tokenizer(self) -> Any:
+        """The `tokenizers.Tokenizer`, loaded or trained once."""
+        if self._tokenizer is None:
+            self._tokenizer, self.tokenizer_path, self._info = resolve_tokenizer(self.tokenizer_cfg,
+                                                                                 self.tokenizer_corpus)
+            self.log_info(f"tokenizer: {self.tokenizer_path} ({self._info.vocab_size} tokens)")
+        return self._tokenizer
+
+    @property
+    def tokenizer_info(self) -> TokenizerInfo:
+        self.tokenizer
+        return self._info

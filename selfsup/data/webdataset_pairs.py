@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, default_collate
 
 from selfsup.data.image_text import ImageTextDataModule
-from selfsup.data.shards import IMAGE_EXTENSIONS, PairDecoder, ShardStream, count_pairs, expand_urls, read_captions
+from selfsup.data.shards import (IMAGE_EXTENSIONS, PairDecoder, ShardStream, count_pairs, expand_urls,
+                                 read_captions, stream_layout)
 from selfsup.data.text_datasets import file_identity
 from selfsup.data.views import eval_views, worker_views
 from selfsup.errors import ConfigError, DataError
@@ -84,16 +84,9 @@ class WebDatasetPairs(ImageTextDataModule):
             self.train_set, self.val_set = self.build_datasets()
 
     # -- epochs of equal length on every rank ------------------------------------------------------------------
-    @staticmethod
-    def workers_for(shards: list[str], wanted: int, world: int) -> int:
-        """Data workers per process: at most the shards each process has (a worker without one would idle)."""
-        return max(0, min(wanted, len(shards) // world))
-
     def layout(self, stream: ShardStream, samples: int, world: int) -> tuple[int, int]:
-        """(data workers, batches per worker) of a stream: as many full batches on every rank."""
-        workers = self.workers_for(stream.shards, self.num_workers, world)
-        per_rank = samples // (self.batch_size * world)
-        return workers, max(1, per_rank // max(1, workers))
+        """(data workers, batches per worker) of a stream of `samples` read by `world` processes."""
+        return stream_layout(len(stream.shards), samples, self.batch_size, self.num_workers, world)
 
     def num_train_samples(self) -> int:
         self.setup()
@@ -112,9 +105,9 @@ class WebDatasetPairs(ImageTextDataModule):
                               f"training pairs of {self.source}; lower data.batch_size")
         self.first_pair()
         self.world = devices
-        workers = self.workers_for(self.train_shards, self.num_workers, devices)
+        workers, _ = self.layout(self.train_set, self.num_samples, devices)
         if workers < self.num_workers:
-            rank_zero_info(f"webdataset: {workers} data workers per process (at most one per shard)")
+            self.log_info(f"webdataset: {workers} data workers per process (at most one per shard)")
 
     def first_pair(self) -> dict[str, Any]:
         """The first readable pair of the first shard, else a DataError naming the shard."""

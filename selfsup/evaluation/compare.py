@@ -18,11 +18,10 @@ from typing import Any, Iterable
 from omegaconf import OmegaConf
 
 from selfsup.errors import ConfigError
-from selfsup.runs import flatten
+from selfsup.runs import CONFIG, METRICS, flatten
 from selfsup.evaluation import wandb_offline
-from selfsup.evaluation.results import RANDOM_INIT_SUFFIX
+from selfsup.evaluation.results import RANDOM_INIT_SUFFIX, RESULTS, read_results
 
-CONFIG, METRICS, RESULTS = "config.yaml", "metrics.csv", "results.json"
 MAX_SHOWN = 3  # differing config keys named in a variant's label
 LOSS, WALL, RATE, MEMORY, EPOCH = "train/loss", "train/wall_s", "train/samples_per_s", "train/peak_mem_gib", "epoch"
 # Config keys that do not change what is trained: runs differing only in these are seeds of one method.
@@ -121,12 +120,7 @@ def read_run(run_dir: Path) -> Run:
         rows, source = read_csv_rows(run_dir / METRICS), "csv"
     else:
         rows, source = read_wandb_rows(run_dir), "wandb"
-    results: dict[str, Any] = {}
-    if (run_dir / RESULTS).is_file():
-        try:
-            results = json.loads((run_dir / RESULTS).read_text())
-        except ValueError:
-            results = {}
+    results = read_results(run_dir / RESULTS)
     identity = {k: json.dumps(v, sort_keys=True) if isinstance(v, list) else v
                 for k, v in flatten(cfg).items() if not _ignored(k)}
     objective, backbone, data = names_of(run_dir, cfg)

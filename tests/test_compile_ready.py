@@ -1,0 +1,72 @@
+"""Every objective's training step traces into one graph under torch.compile.
+
+TorchDynamo breaks the graph wherever the step reads a tensor on the host (`.item()`, `bool(t)`, `.tolist()`) or
+makes a shape that depends on tensor values (`nonzero`, boolean-mask indexing). On a GPU each of those is a
+host-device sync that stalls the queue, and each break costs `compile=true` its whole-step fusion. So a graph
+break here is a speed regression, found on the CPU without compiling anything.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch._dynamo
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+SMALL_VIT = ["backbone=vit_tiny", "+backbone.depth=2", "data=synthetic", "data.channels=3", "data.image_size=32",
+             "backbone.patch_size=8"]
+CASES = {
+    "mae": ["objective=mae", *SMALL_VIT, "objective.decoder_depth=1"],
+    "simclr-resnet": ["objective=simclr", "backbone=resnet18", "data=synthetic", "data.image_size=32"],
+    "simclr-vit": ["objective=simclr", *SMALL_VIT],
+    "byol-resnet": ["objective=byol", "backbone=resnet18", "data=synthetic", "data.image_size=32"],
+    "mlm": ["objective=mlm", "backbone=text_tiny"],
+    "mlm-nsp": ["objective=mlm", "backbone=text_tiny", "objective.next_sentence=true"],
+    "clip": ["objective=clip", *SMALL_VIT[:2], "data.image_size=32", "backbone.patch_size=8",
+             "backbone@objective.text_tower=text_tiny"],
+}
+BATCH, LENGTH = 4, 16
+
+
+def padded_tokens(vocab_size: int) -> dict[str, torch.Tensor]:
+    """Token ids of uneven lengths, padded (id 0) after [SEP] (id 3), with their attention mask."""
+    lengths = torch.tensor([LENGTH, 9, 5, 12])
+    mask = (torch.arange(LENGTH) < lengths[:, None]).long()
+    ids = torch.randint(5, vocab_size, (BATCH, LENGTH))
+    ids[:, 0], ids[torch.arange(BATCH), lengths - 1] = 2, 3
+    return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+def batch_for(cfg, objective) -> dict[str, torch.Tensor]:
+    batch = {"key": torch.arange(BATCH)}
+    if objective.modality == "text":
+        batch.update(padded_tokens(cfg.backbone.vocab_size))
+        if objective.nsp is not None:
+            batch["token_type_ids"] = (torch.arange(LENGTH) >= LENGTH // 2).long().expand(BATCH, LENGTH)
+            batch["next_sentence_label"] = torch.tensor([0, 1, 1, 0])
+        return batch
+    for view in objective.views or [{"key": "image"}]:
+        batch[view["key"]] = torch.randn(BATCH, 3, 32, 32)
+    if objective.modality == "image-text":
+        batch.update(padded_tokens(cfg.objective.text_tower.vocab_size))
+    return batch
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_training_step_traces_without_graph_breaks(name):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*CASES[name], "run_dir=runs/test"])
+    torch.manual_seed(0)
+    backbone = instantiate(cfg.backbone)
+    objective = instantiate(cfg.objective, backbone=backbone, _convert_="all")
+    batch = batch_for(cfg, objective)
+    eager_loss = objective(backbone, batch).loss
+
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(lambda b: objective(backbone, b).loss)(batch)
+    reasons = [f"{r.reason} at {r.user_stack[-1] if r.user_stack else '?'}" for r in explained.break_reasons]
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, "\n".join(reasons)
+    assert torch.isfinite(eager_loss)

@@ -78,3 +78,32 @@ def test_resume_at_an_epoch_boundary(train, tmp_path):
     args = [a for a in SYNTH if not a.startswith("checkpoint.")] + ["checkpoint.every_n_steps=8"]
     full, resumed = train_whole_and_resumed(train, args, tmp_path, step=8)  # 512 / 64 = 8 steps per epoch
     assert_same_last_checkpoint(full, resumed, global_step=11)
+
+
+@pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))),
+                    reason="Inductor needs a C++ compiler on the CPU (apt-get install -y g++)")
+def test_compiled_run_resumes_an_eager_one_and_matches_it(train, tmp_path):
+    """compile=true (TorchDynamo + Inductor, here on the CPU) trains the same model as eager mode, and compiles in
+    place, so checkpoints have the same parameter names and either mode resumes the other's run."""
+    args = [a for a in SYNTH if not a.startswith(("trainer.max_steps", "checkpoint."))]
+    args += ["trainer.max_steps=6", "checkpoint.every_n_steps=3"]
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    r = train([*args, f"run_dir={eager}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    (compiled / "checkpoints").mkdir(parents=True)
+    shutil.copy(eager / "checkpoints" / "step_0000003.ckpt", compiled / "checkpoints" / "last.ckpt")
+    inductor_cache = tmp_path / "inductor"  # a fresh cache: it fills only if Inductor really compiled the step
+    r = train([*args, f"run_dir={compiled}", "resume=auto", "compile=true"],
+              env={"TORCHINDUCTOR_CACHE_DIR": str(inductor_cache)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert any(inductor_cache.rglob("*.py")), "compile=true ran without compiling anything"
+
+    a, b = (torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True) for d in (eager, compiled))
+    assert a["global_step"] == b["global_step"] == 6
+    assert list(a["state_dict"]) == list(b["state_dict"])  # no `_orig_mod.` in the names
+    for name, tensor in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+    eager_losses, compiled_losses = losses_by_step(read_metrics(eager)), losses_by_step(read_metrics(compiled))
+    assert sorted(compiled_losses) == [3, 4, 5]
+    for step, loss in compiled_losses.items():
+        assert abs(loss - eager_losses[step]) < 1e-4 * abs(eager_losses[step]), step

@@ -20,12 +20,14 @@ AdamW on CUDA). It is not a test. Environment: WARMUP (default 10), ITERS (30), 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import ContextManager
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -97,6 +99,16 @@ def caption_fields(cfg, batch_size: int, device: torch.device) -> dict:
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
+def countable_attention(device: torch.device) -> ContextManager:
+    """FlopCounterMode has formulas for the CUDA attention kernels but not for the CPU's fused one, whose FLOPs it
+    would count as zero: off CUDA, count attention through the math kernel, whose matmuls give the same FLOPs."""
+    if device.type == "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -157,12 +169,13 @@ def main(overrides: list[str]) -> dict:
         eager_backbone = instantiate(cfg.backbone)
         eager_objective = instantiate(cfg.objective, backbone=eager_backbone, _convert_="all")
         eager = PretrainModule(eager_backbone, eager_objective, optim).to(device)
-        with FlopCounterMode(display=False) as fc, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with FlopCounterMode(display=False) as fc, countable_attention(device), \
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             batch = data.on_device(next_batch()) if on_device else next_batch()
             eager.objective(eager.backbone, batch).loss.backward()
         del eager
     else:
-        with FlopCounterMode(display=False) as fc:
+        with FlopCounterMode(display=False) as fc, countable_attention(device):
             step()
     flops = fc.get_total_flops()
     if device.type == "cuda":

@@ -5,6 +5,7 @@
     RUN/metrics.csv          every logged metric, one row per logging step
     RUN/pictures/            what the objective draws (MAE reconstructions)
     RUN/run_info.jsonl       one line per start: versions, git commit, host, command line
+    RUN/tokenizer.json       text and image-text runs: the tokenizer they were trained with
     RUN/.hydra/              Hydra's own record of the command line
 """
 from __future__ import annotations
@@ -28,10 +29,18 @@ RUN_INFO = "run_info.jsonl"
 # Config keys whose change would make a checkpoint mean something else: refused on resume.
 IDENTITY_KEYS = ("backbone", "objective", "data._target_", "data.image_size", "data.channels")
 METRICS = "metrics.csv"
+TOKENIZER = "tokenizer.json"
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINTS
+
+
+def kept_tokenizer(run_dir: str | Path) -> Path | None:
+    """RUN/tokenizer.json, where the run keeps the tokenizer it trained with: resume, eval, embed and export read
+    the same token ids from it, whatever has happened to the tokenizer cache or the corpus since."""
+    path = Path(run_dir) / TOKENIZER
+    return path if path.is_file() else None
 
 
 def newest_loadable(folder: Path) -> tuple[Path, int] | None:

@@ -21,6 +21,7 @@ from selfsup.callbacks.preemption import Preemption
 from selfsup.callbacks.throughput import Throughput
 from selfsup.checks import check_modalities
 from selfsup.csv_logger import RunCSVLogger
+from selfsup.data.tokenizer import Tokenized, keep_copy
 from selfsup.checkpoint_io import AtomicCheckpointIO
 from selfsup.errors import ConfigError, NonFiniteLoss, SelfsupError
 from selfsup.module import OptimConfig, PretrainModule
@@ -131,11 +132,16 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
         runs.record_run_info(run_dir, resumed_from=str(resume[0]) if resume else None)
     pl.seed_everything(cfg.seed, workers=True)
 
+    kept = runs.kept_tokenizer(run_dir)
+    if kept is not None and OmegaConf.select(cfg, "data.tokenizer") is not None and not cfg.data.tokenizer.path:
+        cfg.data.tokenizer.path = str(kept)  # a resumed run reads the tokenizer it was trained with, not the cache
     backbone = build(cfg.backbone)
     objective = build(cfg.objective, backbone=backbone, _convert_="all")
     data = build(cfg.data, views=objective.views, seed=cfg.seed, _convert_="all")
     if hasattr(objective, "bind_data"):  # e.g. MLM takes its token ids from the data module's tokenizer
         objective.bind_data(data)
+    if rank_zero and isinstance(data, Tokenized):
+        keep_copy(data.tokenizer, run_dir / runs.TOKENIZER)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs.get("precision", "auto"))
     trainer_kwargs["sync_batchnorm"] = resolve_sync_batchnorm(trainer_kwargs.get("sync_batchnorm", "auto"),

@@ -158,6 +158,17 @@ def save_atomic(tokenizer: Tokenizer, path: Path) -> None:
             os.unlink(tmp)
 
 
+def keep_copy(tokenizer: Tokenizer, path: Path) -> None:
+    """Write a run's tokenizer to `path` once. A resumed run must tokenize as before: a different vocabulary
+    already kept there is refused."""
+    if path.is_file():
+        if load_tokenizer(path).get_vocab() != tokenizer.get_vocab():
+            raise ConfigError(f"{path} holds the tokenizer this run was trained with, and data.tokenizer gives another; "
+                              "drop data.tokenizer.path to resume with the run's own, or start a new run_dir")
+        return
+    save_atomic(tokenizer, path)
+
+
 def cached_tokenizer(corpus_identity: Any, texts: Callable[[], Iterable[str]], vocab_size: int = 8192,
                      lowercase: bool = True, min_frequency: int = 2, cache_dir: str | Path | None = None,
                      num_texts: int | None = None) -> tuple[Tokenizer, Path]:

@@ -5,24 +5,30 @@ have its channel count; text data keeps the run's tokenizer (token ids are only 
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
+from selfsup import runs
 from selfsup.checks import target_attr
 from selfsup.errors import ConfigError, DataError
+from selfsup.evaluation.checkpoint import Pretrained
 
 # What data each kind of model evaluates on: image backbones also read the images of image-text pairs, and a
 # CLIP DualEncoder also classifies plain labelled images (zero-shot).
 READS = {"image": ("image", "image-text"), "text": ("text",), "image-text": ("image-text", "image")}
 
 
-def run_tokenizer_path(run_cfg: DictConfig) -> str | None:
-    """The tokenizer file a text run used (the data.tokenizer.path it was given, or its cached trained one)."""
+def run_tokenizer_path(run_cfg: DictConfig, run_dir: Path | None = None) -> str | None:
+    """The tokenizer file a text or image-text run trained with: the copy in its run folder, else (runs from
+    before that copy) the data.tokenizer.path it was given, or the one cached for its corpus."""
     from selfsup.train import build
 
+    kept = runs.kept_tokenizer(run_dir) if run_dir is not None else None
+    if kept is not None:
+        return str(kept)
     given = OmegaConf.select(run_cfg, "data.tokenizer.path")
     if given:
         return str(given)
@@ -31,12 +37,12 @@ def run_tokenizer_path(run_cfg: DictConfig) -> str | None:
     return str(data.tokenizer_path) if data.tokenizer_path else None
 
 
-def run_captions(run_cfg: DictConfig) -> Any:
+def run_captions(run_cfg: DictConfig, run_dir: Path | None = None) -> Any:
     """A CLIP run's caption tokenizer (data/image_text.Captions): its tokenizer file and context length."""
     from selfsup.data.image_text import Captions
     from selfsup.data.tokenizer import resolve_tokenizer, tokenizer_settings
 
-    path = run_tokenizer_path(run_cfg)
+    path = run_tokenizer_path(run_cfg, run_dir)
     if path is None:
         raise ConfigError("the run's data has no tokenizer; zero-shot evaluation needs a CLIP run")
     settings = tokenizer_settings({**OmegaConf.to_container(run_cfg.data.tokenizer), "path": path})
@@ -44,8 +50,10 @@ def run_captions(run_cfg: DictConfig) -> Any:
     return Captions(tokenizer, info, int(OmegaConf.select(run_cfg, "data.context_length", default=77)))
 
 
-def eval_data_node(data_cfg: DictConfig | None, run_cfg: DictConfig, backbone: nn.Module) -> DictConfig:
-    """The data config to build: `data_cfg` (a `data=` choice) or the run's, with the backbone's input shape."""
+def eval_data_node(data_cfg: DictConfig | None, pre: Pretrained) -> DictConfig:
+    """The data config to build: `data_cfg` (a `data=` choice) or the run's, with the backbone's input shape and
+    the run's tokenizer."""
+    run_cfg, backbone = pre.run_cfg, pre.backbone
     given = data_cfg is not None
     node = OmegaConf.create(OmegaConf.to_container(data_cfg if given else run_cfg.data, resolve=True))
     modality = getattr(backbone, "modality", "image")
@@ -65,19 +73,19 @@ def eval_data_node(data_cfg: DictConfig | None, run_cfg: DictConfig, backbone: n
         if chans is not None and data_chans != chans:
             raise ConfigError(f"the backbone takes {chans}-channel images but the data gives {data_chans}; pick data "
                               f"with {chans} channels (data.channels={chans} where the source can convert)")
-    if modality != "image" and given and node.get("tokenizer") is not None:  # token ids mean the run's tokens
-        node.tokenizer.path = run_tokenizer_path(run_cfg)
+    if modality != "image" and node.get("tokenizer") is not None:  # token ids mean the run's tokens
+        node.tokenizer.path = run_tokenizer_path(run_cfg, pre.run_dir)
         if node.get("context_length") is not None:
             node.context_length = OmegaConf.select(run_cfg, "data.context_length", default=node.context_length)
     return node
 
 
-def build_eval_data(data_cfg: DictConfig | None, run_cfg: DictConfig, backbone: nn.Module,
-                    views: list[dict[str, Any]], seed: int = 0, batch_size: int | None = None) -> Any:
-    """The data module, set up, with the protocol's training views."""
+def build_eval_data(data_cfg: DictConfig | None, pre: Pretrained, views: list[dict[str, Any]], seed: int = 0,
+                    batch_size: int | None = None) -> Any:
+    """The data module for a pretrained run, set up, with the protocol's training views."""
     from selfsup.train import build
 
-    node = eval_data_node(data_cfg, run_cfg, backbone)
+    node = eval_data_node(data_cfg, pre)
     if batch_size:
         node.batch_size = int(batch_size)
     data = build(node, views=views, seed=seed, _convert_="all")

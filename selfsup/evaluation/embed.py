@@ -59,7 +59,7 @@ def embed(cfg: DictConfig) -> FeatureSet:
     resolve_checkpoint(checkpoint)
     device = pick_device(cfg.device)
     pre = load_pretrained(checkpoint)
-    data = build_eval_data(cfg.get("data"), pre.run_cfg, pre.backbone, EVAL_VIEWS, cfg.seed, cfg.batch_size)
+    data = build_eval_data(cfg.get("data"), pre, EVAL_VIEWS, cfg.seed, cfg.batch_size)
     loader = data.eval_dataloader(cfg.split, max_samples=cfg.get("max_samples"))
     if loader is None:
         raise ConfigError(f"{data.source} has no {cfg.split} split; use split=train")

@@ -150,7 +150,7 @@ def export_text(pre: Pretrained, out: Path) -> dict[str, Any]:
 
     from selfsup.evaluation.data import run_tokenizer_path
 
-    tokenizer = run_tokenizer_path(pre.run_cfg)
+    tokenizer = run_tokenizer_path(pre.run_cfg, pre.run_dir)
     if tokenizer is None or not Path(tokenizer).is_file():
         raise ConfigError(f"cannot find the tokenizer of run {pre.run_dir}; set data.tokenizer.path in its config")
     name = "vocab.txt" if Path(tokenizer).suffix == ".txt" else "tokenizer.json"

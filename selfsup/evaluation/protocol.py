@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, ContextManager
 
 import torch
@@ -30,7 +31,8 @@ class EvalContext:
     max_train_samples: int | None = None
     max_val_samples: int | None = None
     log: Callable[[dict[str, float], int], None] = field(default=no_log)
-    run_cfg: Any = None  # the pretraining run's config (zero-shot reads its tokenizer)
+    run_cfg: Any = None  # the pretraining run's config and folder (zero-shot reads its tokenizer)
+    run_dir: Path | None = None
 
     def autocast(self) -> ContextManager:
         return autocast_for(self.device, self.precision)

@@ -67,7 +67,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     random_init = weights == "random"
     pre = load_pretrained(checkpoint, dual_encoder=protocol.dual_encoder, random_init=random_init, seed=cfg.seed)
     key = f"{protocol.name}{RANDOM_INIT_SUFFIX}" if random_init else protocol.name
-    data = build_eval_data(cfg.get("data"), pre.run_cfg, pre.backbone, protocol.views, cfg.seed, cfg.batch_size)
+    data = build_eval_data(cfg.get("data"), pre, protocol.views, cfg.seed, cfg.batch_size)
     if protocol.needs_labels:
         check_labelled(data, f"protocol={protocol.name}")
     if protocol.name in ("finetune", "lora"):
@@ -81,7 +81,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ctx = EvalContext(data=data, device=device, num_classes=num_classes_of(data) if protocol.needs_labels else 0,
                       precision=cfg.precision, seed=cfg.seed, batch_size=cfg.get("batch_size"),
                       max_train_samples=cfg.get("max_train_samples"), max_val_samples=cfg.get("max_val_samples"),
-                      log=logger, run_cfg=pre.run_cfg)
+                      log=logger, run_cfg=pre.run_cfg, run_dir=pre.run_dir)
     classes = f", {ctx.num_classes} classes" if protocol.needs_labels else ""
     source = f"{pre.run_dir} at random initialisation (seed {cfg.seed})" if random_init else \
         f"{pre.checkpoint} (step {pre.step})"

@@ -138,7 +138,7 @@ class ZeroShotProtocol(Protocol):
         if not names:
             raise DataError(f"{ctx.data.source} has no class names; zero-shot prompts need them (image folders: "
                             "one sub-folder per class)")
-        class_emb = class_embeddings(model.encode_text, run_captions(ctx.run_cfg), names, self.templates,
+        class_emb = class_embeddings(model.encode_text, run_captions(ctx.run_cfg, ctx.run_dir), names, self.templates,
                                      ctx.device, ctx.autocast)
         val = ctx.features(model, "val").labelled()
         image_emb, _ = split_embeddings(val.features, model.embed_dim)

@@ -21,9 +21,10 @@ def choices(config_dir: Path, group: str) -> list[str]:
 
 
 def check_command_line(argv: Sequence[str], config_dir: Path, groups: Sequence[str] = GROUPS) -> None:
-    """An unknown `group=name` on the command line, named with the choices, before Hydra's longer error."""
+    """An unknown `group=name` (or `group@package=name`) on the command line, named with the choices, before
+    Hydra's longer error."""
     for arg in argv:
-        m = re.fullmatch(r"[+~]?(\w+)=([\w.-]+)", arg)
+        m = re.fullmatch(r"[+~]?(\w+)(?:@[\w.]+)?=([\w.,-]+)", arg)
         if not m or m.group(1) not in groups or m.group(2) == "null":
             continue
         group, name = m.groups()

@@ -101,7 +101,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, data: Any = None) -> list[pl
         Pictures(run_dir / "pictures", every_n_epochs=cfg.pictures_every_n_epochs),
         LearningRateMonitor(logging_interval="step"),
         TQDMProgressBar(refresh_rate=log_every),
-        *build_monitors(cfg.get("monitors"), data),  # online kNN and linear probe, where the data has labels
+        *build_monitors(cfg.get("monitors"), data, cfg.seed),  # online kNN and linear probe, where the data has labels
     ]
 
 

@@ -526,3 +526,60 @@ def test_two_processes_with_half_batches_match_one_process(train, tmp_path):
     assert not torch.equal(a["objective.logit_scale"], torch.tensor(math.log(1 / 0.07)))  # it trained
     for name, tensor in a.items():
         torch.testing.assert_close(b[name], tensor, rtol=0, atol=5e-6, msg=name)
+
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="apt-get install -y dataset-fashion-mnist")
+def test_zero_shot_monitor_on_other_labelled_images_matches_offline_eval(train, tmp_path):
+    """data@monitors.zero_shot.data=...: zero-shot on other labelled images during training (as open_clip does on
+    ImageNet), fitted to the run's images; the end-of-training figure equals eval.py's on the final checkpoint."""
+    write_images(tmp_path / "images", 12)
+    rows = [{"image": f"images/img{i}.png", "caption": f"a shirt or a shoe number {i}"} for i in range(12)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    r = train([*TINY_CLIP, "data=image_text_manifest", f"data.manifest={tmp_path / 'pairs.jsonl'}",
+               "data.val_fraction=0.0", "data.batch_size=4", "data.context_length=16", "data.tokenizer.min_frequency=1",
+               "data.tokenizer.vocab_size=64", f"data.tokenizer.cache_dir={tmp_path / 'tok'}", "trainer.max_epochs=1",
+               "data@monitors.zero_shot.data=fashion_mnist", "monitors.max_val_samples=64", f"run_dir={run}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    with (run / "metrics.csv").open() as f:
+        online = [row for row in csv.DictReader(f) if row.get("val/zero_shot_top1")]
+    assert len(online) == 1 and not online[0].get("val/image_to_text_R@1")  # no held-out pairs: no retrieval
+
+    r = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"checkpoint={run}", "protocol=zero_shot",
+                        "data=fashion_mnist", "data.channels=3", "max_val_samples=64", "logger=csv"],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    offline = json.loads((run / "results.json").read_text())["zero_shot"]
+    for k in ("val/zero_shot_top1", "val/zero_shot_top5"):
+        assert float(online[0][k]) == pytest.approx(offline[k]), k
+
+
+def test_zero_shot_monitor_data_is_fitted_to_the_run_and_checked(tmp_path):
+    from omegaconf import OmegaConf
+
+    from selfsup.callbacks.online_monitors import zero_shot_data
+    from selfsup.data.image_folder import ImageFolder
+
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            write_images(tmp_path / "folder" / split / name, 2)
+    run_data = ImageTextManifest(manifest=str(tmp_path / "pairs.jsonl"), image_size=24, num_workers=0,
+                                 mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2))
+    node = OmegaConf.create({"_target_": "selfsup.data.image_folder.ImageFolder", "root": str(tmp_path / "folder"),
+                             "image_size": 64, "channels": 1, "num_workers": 0})
+    data = zero_shot_data(node, run_data, seed=0)
+    assert isinstance(data, ImageFolder) and data.class_names() == ["cat", "dog"]
+    assert data.image_size == 24 and data.channels == 3  # the run's images, whatever the config said
+    assert data.mean.flatten().tolist() == pytest.approx([0.5, 0.4, 0.3])
+    assert data.std.flatten().tolist() == pytest.approx([0.2] * 3)
+
+    unnamed = OmegaConf.create({"_target_": "selfsup.data.synthetic.Synthetic", "num_samples": 8,
+                                "num_val_samples": 8, "num_workers": 0})
+    with pytest.raises(DataError, match="has no class names"):
+        zero_shot_data(unnamed, run_data, seed=0)
+    text = OmegaConf.create({"_target_": "selfsup.data.text.TextFiles", "root": str(tmp_path)})
+    with pytest.raises(ConfigError, match="monitors.zero_shot.data must be labelled image data"):
+        zero_shot_data(text, run_data, seed=0)

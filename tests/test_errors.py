@@ -12,6 +12,7 @@ CASES = {
     "unknown backbone config": (["backbone=vit_gigantic"], "unknown backbone 'vit_gigantic'; choose one of"),
     "unknown objective": (["objective=dino9"], "unknown objective 'dino9'; choose one of: byol, clip, mae"),
     "unknown data": (["data=imagenet22k"], "unknown data 'imagenet22k'; choose one of"),
+    "unknown zero-shot data": (["data@monitors.zero_shot.data=imagenet_val"], "unknown data 'imagenet_val'; choose one"),
     "unknown timm model": (["backbone.name=vit_nonexistent_patch16"], "unknown timm model 'vit_nonexistent_patch16'"),
     "patch does not divide image": (["backbone.patch_size=5"], "image size 28 is not divisible by patch size 5"),
     "mask ratio above 1": (["objective.mask_ratio=1.2"], "objective.mask_ratio must lie in (0, 1), got 1.2"),

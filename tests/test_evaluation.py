@@ -251,6 +251,24 @@ VIT_NODE = {"_target_": "selfsup.backbones.vit.ViT", "name": "vit_tiny_patch16_2
             "patch_size": "auto", "pos_embed": "sincos", "depth": 2}
 
 
+def test_other_eval_data_is_fitted_to_the_backbone_and_its_pretraining_normalisation(tmp_path):
+    """Images from another source reach the backbone as it was pretrained: its image size, its channel count and
+    its data's mean and std (not the new source's own statistics)."""
+    from selfsup.evaluation.checkpoint import Pretrained
+    from selfsup.evaluation.data import eval_data_node
+
+    backbone = ViT("vit_tiny_patch16_224", img_size=32, in_chans=3, depth=2)
+    run_cfg = OmegaConf.create({"data": {"_target_": "selfsup.data.synthetic.Synthetic", "channels": 3,
+                                         "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}})
+    pre = Pretrained(backbone, run_cfg, tmp_path / "last.ckpt", tmp_path, 0)
+    other = OmegaConf.create({"_target_": "selfsup.data.fashion_mnist.FashionMNIST", "image_size": 28, "channels": 3})
+    node = eval_data_node(other, pre)
+    assert node.image_size == 32
+    assert list(node.mean) == pytest.approx([0.1, 0.2, 0.3]) and list(node.std) == pytest.approx([0.4, 0.5, 0.6])
+    with pytest.raises(ConfigError, match="the backbone takes 3-channel images but the data gives 1"):
+        eval_data_node(OmegaConf.create({**other, "channels": 1}), pre)
+
+
 @pytest.mark.parametrize("pool", ["cls", "mean"])
 def test_vit_export_loads_in_timm_with_identical_features(tmp_path, pool):
     import timm

@@ -9,8 +9,9 @@ and zero-shot classification and retrieval for CLIP runs on image-text data.
   batches of the epoch) and `val/linear_top1` every epoch. Its weights, optimizer and running counts are
   callback state, so they are in every checkpoint and a resumed run continues the same probe. Nothing of it
   touches the backbone's gradients: it runs after the optimizer step on detached features.
-- `ZeroShotMonitor`: a CLIP run's zero-shot accuracy on the validation images' labels and its image <-> text
-  retrieval on the validation pairs (evaluation/zero_shot.py).
+- `ZeroShotMonitor`: a CLIP run's zero-shot accuracy on the validation images' labels (or on another labelled
+  image source, `monitors.zero_shot.data`) and its image <-> text retrieval on the validation pairs
+  (evaluation/zero_shot.py).
 
 All read the evaluation splits through `EvalFeatures`, which computes them once per epoch for both, shards them
 over the processes of a DDP run and gathers them back in order. Rows go to the run's loggers directly, at the
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_warn
 
 from selfsup.data.base import spread_indices
-from selfsup.errors import ConfigError
+from selfsup.errors import ConfigError, DataError
 from selfsup.evaluation.features import FeatureSet, extract, num_classes_of
 from selfsup.evaluation.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_accuracy
 from selfsup.evaluation.linear import LinearProbe, evaluate_probe, make_optimizer
@@ -89,9 +90,11 @@ class EvalFeatures(pl.Callback):
 
     def __init__(self, max_train_samples: int | str | None = "auto", max_val_samples: int | str | None = "auto",
                  batch_size: int | None = None,
-                 encoder: Callable[[pl.LightningModule], torch.nn.Module] = lambda module: module.backbone) -> None:
+                 encoder: Callable[[pl.LightningModule], torch.nn.Module] = lambda module: module.backbone,
+                 data: Any = None) -> None:
         self.caps = {"train": max_train_samples, "val": max_val_samples}
         self.batch_size, self.encoder = batch_size, encoder
+        self.data = data  # None: the training run's data module
         self._cache: dict[str, tuple[int, FeatureSet | None]] = {}
 
     def get(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> FeatureSet | None:
@@ -101,7 +104,7 @@ class EvalFeatures(pl.Callback):
         return cached[1]
 
     def _compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> FeatureSet | None:
-        data = trainer.datamodule
+        data = self.data if self.data is not None else trainer.datamodule
         dataset = data.eval_dataset(split)
         if dataset is None:
             return None
@@ -266,41 +269,84 @@ class LinearProbeMonitor(pl.Callback):
 
 
 class ZeroShotMonitor(pl.Callback):
-    """CLIP runs: zero-shot top-1 / top-5 on the labelled validation images (class names x prompt templates) and
+    """CLIP runs: zero-shot top-1 / top-5 on labelled validation images (class names x prompt templates) and
     image <-> text Recall@1/5/10 on the held-out pairs (evaluation/zero_shot.py), every N epochs and at the end of
-    training. Retrieval ranks each query among the (capped) validation pairs. Inert for objectives without a
-    text tower."""
+    training. The labelled images are `data` (e.g. an ImageNet validation folder, as open_clip evaluates during
+    training), else the training data's own labels. Retrieval ranks each query among the (capped) validation
+    pairs. Inert for objectives without a text tower."""
 
     def __init__(self, every_n_epochs: int = 1, templates: Sequence[str] | None = None,
-                 max_val_samples: int | str | None = "auto", batch_size: int | None = None) -> None:
+                 max_val_samples: int | str | None = "auto", batch_size: int | None = None, data: Any = None) -> None:
         if every_n_epochs < 0:
             raise ConfigError(f"monitors.zero_shot.every_n_epochs must be >= 0, got {every_n_epochs}")
         self.every_n_epochs = every_n_epochs
         self.templates = list(templates or DEFAULT_TEMPLATES)
-        self.features = EvalFeatures(max_val_samples=max_val_samples, batch_size=batch_size,
-                                     encoder=lambda module: DualEncoder(module.backbone, module.objective))
+        self.data = data
+        dual = lambda module: DualEncoder(module.backbone, module.objective)  # noqa: E731
+        self.pairs = EvalFeatures(max_val_samples=max_val_samples, batch_size=batch_size, encoder=dual)
+        self.labelled = EvalFeatures(max_val_samples=max_val_samples, batch_size=batch_size, encoder=dual,
+                                     data=data) if data is not None else None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not isinstance(pl_module.objective, CLIP) or not due(trainer, self.every_n_epochs):
             return
-        val = self.features.get(trainer, pl_module, "val")
-        self.features.clear()
-        if val is None:
-            return
-        data, dual = trainer.datamodule, DualEncoder(pl_module.backbone, pl_module.objective)
-        names = data.class_names() if hasattr(data, "class_names") else None
-        class_emb = None
-        if names:
-            dual.eval()
-            class_emb = class_embeddings(dual.encode_text, data.captions(), names, self.templates, pl_module.device,
-                                         trainer.precision_plugin.forward_context)
-            dual.train()
-        metrics = dual_encoder_metrics(val, dual.embed_dim, class_emb, pair_ids(data, "val", val.index))
+        own = trainer.datamodule
+        dual = DualEncoder(pl_module.backbone, pl_module.objective)
+        class_emb = self._class_embeddings(own if self.data is None else self.data, dual, pl_module, trainer)
+        metrics: dict[str, float] = {}
+        if self.labelled is not None:
+            images = self.labelled.get(trainer, pl_module, "val")
+            metrics.update(dual_encoder_metrics(images, dual.embed_dim, class_emb))
+            class_emb = None  # the training data's own labels are not classified then
+        pairs = self.pairs.get(trainer, pl_module, "val")
+        if pairs is not None:
+            metrics.update(dual_encoder_metrics(pairs, dual.embed_dim, class_emb, pair_ids(own, "val", pairs.index)))
+        self.pairs.clear()
+        if self.labelled is not None:
+            self.labelled.clear()
         if metrics:
             log_row(trainer, {f"val/{name}": value for name, value in metrics.items()})
 
+    def _class_embeddings(self, data: Any, dual: DualEncoder, pl_module: pl.LightningModule,
+                          trainer: pl.Trainer) -> torch.Tensor | None:
+        names = data.class_names() if hasattr(data, "class_names") else None
+        if not names:
+            return None
+        dual.eval()
+        try:
+            return class_embeddings(dual.encode_text, trainer.datamodule.captions(), names, self.templates,
+                                    pl_module.device, trainer.precision_plugin.forward_context)
+        finally:
+            dual.train()
 
-def build_monitors(cfg: Any, data: Any) -> list[pl.Callback]:
+
+def zero_shot_data(node: Any, train_data: Any, seed: int) -> Any:
+    """monitors.zero_shot.data built for the run: labelled images at the run's image size, channel count and
+    normalisation (what the image tower expects), checked before training starts."""
+    from omegaconf import OmegaConf
+
+    from selfsup.checks import target_attr
+    from selfsup.evaluation.data import check_labelled
+    from selfsup.evaluation.protocol import EVAL_VIEWS
+    from selfsup.train import build
+
+    what = "monitors.zero_shot.data"
+    node = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+    if target_attr(node, "modality", "image") != "image":
+        raise ConfigError(f"{what} must be labelled image data, got {node._target_}; e.g. "
+                          f"data@{what}=image_folder {what}.root=DIR")
+    node.image_size, node.channels = train_data.image_size, train_data.channels
+    node.mean, node.std = train_data.mean.flatten().tolist(), train_data.std.flatten().tolist()
+    data = build(node, views=EVAL_VIEWS, seed=seed, _convert_="all")
+    data.setup()
+    check_labelled(data, what)
+    if not data.class_names():
+        raise DataError(f"{what} ({data.source}) has no class names, which zero-shot prompts are made of; image "
+                        "folders: one sub-folder per class")
+    return data
+
+
+def build_monitors(cfg: Any, data: Any, seed: int = 0) -> list[pl.Callback]:
     """The monitors of `cfg.monitors` for this data module: none when disabled, or (`enabled: auto`) when the
     data has no labels; `enabled: true` on unlabelled data is an error."""
     if cfg is None or data is None:
@@ -310,12 +356,17 @@ def build_monitors(cfg: Any, data: Any) -> list[pl.Callback]:
         raise ConfigError(f"monitors.enabled must be auto, true or false, got '{enabled}'")
     if enabled is False:
         return []
+    from omegaconf import OmegaConf
+
     from selfsup.train import build
 
     monitors: list[pl.Callback] = []
-    if data.modality == "image-text" and cfg.get("zero_shot") is not None:  # needs captions, not labels
-        monitors.append(build(cfg.zero_shot, max_val_samples=cfg.get("max_val_samples", "auto"),
-                              batch_size=cfg.get("batch_size"), _convert_="all"))
+    zero_shot = cfg.get("zero_shot")
+    if data.modality == "image-text" and zero_shot is not None:  # needs captions, not labels
+        labelled = zero_shot_data(zero_shot.data, data, seed) if zero_shot.get("data") is not None else None
+        settings = {key: value for key, value in zero_shot.items() if key != "data"}
+        monitors.append(build(OmegaConf.create(settings), max_val_samples=cfg.get("max_val_samples", "auto"),
+                              batch_size=cfg.get("batch_size"), data=labelled, _convert_="all"))
     if not data.has_labels():
         if enabled is True:
             raise ConfigError(f"monitors.enabled=true needs labelled data, and {data.source} has no labels; "

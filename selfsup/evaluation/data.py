@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from selfsup import runs
 from selfsup.checks import target_attr
-from selfsup.errors import ConfigError, DataError
+from selfsup.errors import ConfigError, DataError, SelfsupError
 from selfsup.evaluation.checkpoint import Pretrained
 
 # What data each kind of model evaluates on: image backbones also read the images of image-text pairs, and a
@@ -50,6 +50,21 @@ def run_captions(run_cfg: DictConfig, run_dir: Path | None = None) -> Any:
     return Captions(tokenizer, info, int(OmegaConf.select(run_cfg, "data.context_length", default=77)))
 
 
+def pretraining_normalization(run_cfg: DictConfig) -> tuple[list[float], list[float]] | None:
+    """The per-channel mean and std the run's images were normalised with, which its backbone expects of any
+    images it embeds later (as CLIP and timm models carry their preprocessing); None where the run's data
+    config cannot be built here or has no images."""
+    from selfsup.train import build
+
+    try:
+        data = build(run_cfg.data, _convert_="all")  # the constructor only: nothing is read
+    except SelfsupError:
+        return None
+    if not hasattr(data, "mean"):
+        return None
+    return data.mean.flatten().tolist(), data.std.flatten().tolist()
+
+
 def eval_data_node(data_cfg: DictConfig | None, pre: Pretrained) -> DictConfig:
     """The data config to build: `data_cfg` (a `data=` choice) or the run's, with the backbone's input shape and
     the run's tokenizer."""
@@ -73,6 +88,9 @@ def eval_data_node(data_cfg: DictConfig | None, pre: Pretrained) -> DictConfig:
         if chans is not None and data_chans != chans:
             raise ConfigError(f"the backbone takes {chans}-channel images but the data gives {data_chans}; pick data "
                               f"with {chans} channels (data.channels={chans} where the source can convert)")
+        norm = pretraining_normalization(run_cfg) if given else None
+        if norm is not None and len(norm[0]) == data_chans:  # the backbone expects its pretraining input scale
+            node.mean, node.std = norm
     if modality != "image" and node.get("tokenizer") is not None:  # token ids mean the run's tokens
         node.tokenizer.path = run_tokenizer_path(run_cfg, pre.run_dir)
         if node.get("context_length") is not None:

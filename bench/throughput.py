@@ -40,8 +40,9 @@ sys.path.insert(0, str(ROOT))
 
 from selfsup.module import OptimConfig, PretrainModule  # noqa: E402
 
-PEAK_BF16_TFLOPS = {"H100": 989, "H200": 989, "GH200": 989, "B200": 2250, "A100": 312, "L40S": 362, "L4": 121,
-                    "A10": 125, "4090": 165, "3090": 71}
+# Dense bf16 peaks by device name, the first match wins (so the PCIe and NVL cards before the SXM "H100").
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756, "H100 NVL": 835, "H100": 989, "H200": 989, "GH200": 989, "B200": 2250,
+                    "A100": 312, "L40S": 362, "L4": 121, "A10": 125, "4090": 165, "3090": 71}
 
 
 def device_peak(device: torch.device) -> float | None:
@@ -119,9 +120,7 @@ def main(overrides: list[str]) -> dict:
         cfg = compose("train", overrides=overrides + ["run_dir=bench"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = True  # as training (train.py: trainer.benchmark, unless deterministic)
     torch.manual_seed(cfg.seed)
     backbone = instantiate(cfg.backbone)
     objective = instantiate(cfg.objective, backbone=backbone, _convert_="all")

@@ -20,6 +20,8 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     _, world = rank_and_world()
     if world == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
+    # The functional collective traces into a torch.compile graph; torch.distributed.nn.functional.all_gather
+    # (deprecated) refuses to be compiled. Its backward is a reduce-scatter sum, as the docstring says.
+    from torch.distributed._functional_collectives import all_gather_tensor_autograd
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    return all_gather_tensor_autograd(x.contiguous(), gather_dim=0, group=dist.group.WORLD)

@@ -57,8 +57,10 @@ class PretrainModule(pl.LightningModule):
     """Backbone + objective + optimizer. Non-finite losses follow `nonfinite`:
 
     - `stop` (default): the run ends with a NonFiniteLoss naming the step and the term. The check costs no
-      device sync: each step's finiteness is copied to the host asynchronously and read a step or two later,
-      and before any checkpoint is written (which also checks the weights), so no NaN reaches a checkpoint.
+      device sync: each step's finiteness is copied to the host asynchronously and read two steps later (on
+      GPUs), and before any checkpoint is written (which also checks the weights), so no NaN reaches a
+      checkpoint. Under DDP the flags are all-reduced first, so every process stops at the same step instead
+      of one leaving the others waiting in a collective.
     - `skip`: a step whose loss is not finite is dropped (no backward, no update) and counted in
       `train/skipped_steps`; more than `max_consecutive_skips` in a row stop the run. This checks on the host
       every step (one sync per step).
@@ -88,7 +90,7 @@ class PretrainModule(pl.LightningModule):
         else:
             self._watch(terms)
         n = batch_size_of(batch)
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=n, sync_dist=True)  # the global batch's loss
+        self.log("train/loss", out.loss, batch_size=n, sync_dist=True)  # the global batch's loss (callbacks/progress.py shows it)
         for name, value in out.metrics.items():
             self.log(f"train/{name}", value, batch_size=n)
         for name, value in self.objective.step_metrics().items():
@@ -113,8 +115,14 @@ class PretrainModule(pl.LightningModule):
                                 f"{self.global_step}, terms: {', '.join(non_finite_terms(terms))})")
         return None
 
+    CHECK_LAG = 2  # GPU steps between a step and reading its flags: all processes read at the same step
+
     def _watch(self, terms: dict[str, torch.Tensor]) -> None:
         flags = torch.stack([torch.isfinite(t.detach()).all() for t in terms.values()])
+        if self._trainer is not None and self.trainer.world_size > 1:  # the same verdict on every process
+            flags = flags.int()
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MIN)
+            flags = flags.bool()
         event = None
         if flags.is_cuda:
             host = torch.empty(flags.shape, dtype=torch.bool, pin_memory=True)
@@ -128,10 +136,10 @@ class PretrainModule(pl.LightningModule):
     def _check_pending(self, block: bool) -> None:
         while self._pending:
             step, names, flags, event = self._pending[0]
-            if event is not None and not event.query():
-                if not block:
+            if event is not None:
+                if not block and step > self.global_step - self.CHECK_LAG:
                     return
-                event.synchronize()
+                event.synchronize()  # long done in practice: the host runs at most a step or two ahead
             self._pending.pop(0)
             if not bool(flags.all()):
                 bad = [name for name, ok in zip(names, flags.tolist()) if not ok]
@@ -170,9 +178,10 @@ class PretrainModule(pl.LightningModule):
         super().optimizer_step(*args, **kwargs)
         self.objective.after_optimizer_step(self.backbone, self.trainer.global_step, self.optim.total_steps)
 
-    def on_fit_start(self) -> None:
-        """channels_last on GPUs: convolutions (ResNets, patch embeddings) run faster in that layout."""
-        if self.device.type == "cuda":
+    def configure_model(self) -> None:
+        """channels_last on GPUs: convolutions (ResNets, patch embeddings) run faster in that layout. Done here,
+        before DDP wraps the model, so that its gradient buckets are laid out like the gradients."""
+        if self.trainer.strategy.root_device.type == "cuda":
             self.to(memory_format=torch.channels_last)
 
     def configure_optimizers(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from selfsup.callbacks.checkpoint import RunCheckpoint
 from selfsup.callbacks.online_monitors import build_monitors
 from selfsup.callbacks.pictures import Pictures
 from selfsup.callbacks.preemption import Preemption
+from selfsup.callbacks.progress import ProgressBar
 from selfsup.callbacks.throughput import Throughput
 from selfsup.checks import check_modalities
 from selfsup.csv_logger import RunCSVLogger
@@ -40,11 +41,17 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
-def resolve_precision(precision: str) -> str:
-    """`auto`: bf16 mixed precision on CUDA GPUs with bf16, full fp32 elsewhere."""
+def trains_on_gpu(accelerator: str) -> bool:
+    """Whether the trainer's `accelerator` (auto, gpu, cuda, cpu) puts training on a CUDA GPU here."""
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def resolve_precision(precision: str, accelerator: str = "auto") -> str:
+    """`auto`: bf16 mixed precision on CUDA GPUs with bf16, full fp32 elsewhere (also with trainer=cpu on a
+    GPU machine)."""
     if precision != "auto":
         return precision
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    if trains_on_gpu(accelerator) and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
 
@@ -54,7 +61,14 @@ def resolve_sync_batchnorm(value: bool | str, accelerator: str) -> bool:
     where torch's SyncBatchNorm cannot run."""
     if value != "auto":
         return bool(value)
-    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return trains_on_gpu(accelerator)
+
+
+def resolve_augment_on(data_cfg: DictConfig, accelerator: str) -> None:
+    """data.augment_on `auto` means the GPU where there is one; training on the CPU of a GPU machine makes the
+    views in the data workers instead."""
+    if data_cfg.get("augment_on") == "auto" and not trains_on_gpu(accelerator):
+        data_cfg.augment_on = "cpu"
 
 
 def cluster_plugins() -> list[Any]:
@@ -85,7 +99,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> list
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path, data: Any = None) -> list[pl.Callback]:
-    from pytorch_lightning.callbacks import LearningRateMonitor, TQDMProgressBar
+    from pytorch_lightning.callbacks import LearningRateMonitor
 
     ck = cfg.checkpoint
     periodic = RunCheckpoint(dirpath=runs.checkpoint_dir(run_dir), filename="step_{step:07d}",
@@ -100,7 +114,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, data: Any = None) -> list[pl
         Throughput(every_n_steps=log_every),
         Pictures(run_dir / "pictures", every_n_epochs=cfg.pictures_every_n_epochs),
         LearningRateMonitor(logging_interval="step"),
-        TQDMProgressBar(refresh_rate=log_every),
+        ProgressBar(refresh_rate=log_every),
         *build_monitors(cfg.get("monitors"), data, cfg.seed),  # online kNN and linear probe, where the data has labels
     ]
 
@@ -132,6 +146,8 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
         runs.record_run_info(run_dir, resumed_from=str(resume[0]) if resume else None)
     pl.seed_everything(cfg.seed, workers=True)
 
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    resolve_augment_on(cfg.data, accelerator)
     kept = runs.kept_tokenizer(run_dir)
     if kept is not None and OmegaConf.select(cfg, "data.tokenizer") is not None and not cfg.data.tokenizer.path:
         cfg.data.tokenizer.path = str(kept)  # a resumed run reads the tokenizer it was trained with, not the cache
@@ -143,9 +159,10 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
     if rank_zero and isinstance(data, Tokenized):
         keep_copy(data.tokenizer, run_dir / runs.TOKENIZER)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_kwargs["precision"] = resolve_precision(trainer_kwargs.get("precision", "auto"))
-    trainer_kwargs["sync_batchnorm"] = resolve_sync_batchnorm(trainer_kwargs.get("sync_batchnorm", "auto"),
-                                                              trainer_kwargs.get("accelerator", "auto"))
+    trainer_kwargs["precision"] = resolve_precision(trainer_kwargs.get("precision", "auto"), accelerator)
+    trainer_kwargs["sync_batchnorm"] = resolve_sync_batchnorm(trainer_kwargs.get("sync_batchnorm", "auto"), accelerator)
+    if trainer_kwargs.get("benchmark") is None:  # cuDNN autotuning (fixed input sizes), unless deterministic
+        trainer_kwargs["benchmark"] = not trainer_kwargs.get("deterministic")
     nonfinite = trainer_kwargs.pop("nonfinite", "stop")
     max_consecutive_skips = trainer_kwargs.pop("nonfinite_max_consecutive_skips", 10)
     trainer = pl.Trainer(

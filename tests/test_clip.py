@@ -79,13 +79,14 @@ def _free_port() -> int:
 
 
 def _gathered_clip_worker(rank: int, world: int, port: int, images: torch.Tensor, texts: torch.Tensor,
-                          out: dict) -> None:
+                          out: dict, compiled: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     a = images[rank::world].clone().requires_grad_(True)  # every world-th pair, as the EpochSampler shards
     b = texts[rank::world].clone().requires_grad_(True)
     log_scale = torch.tensor(math.log(1 / 0.07), requires_grad=True)
-    loss, _, _ = clip_loss(a, b, log_scale.exp())
+    loss_fn = torch.compile(clip_loss, backend="eager", fullgraph=True) if compiled else clip_loss  # compile=true
+    loss, _, _ = loss_fn(a, b, log_scale.exp())
     loss.backward()
     mean_loss = loss.detach().clone()
     dist.all_reduce(mean_loss)
@@ -95,11 +96,12 @@ def _gathered_clip_worker(rank: int, world: int, port: int, images: torch.Tensor
     dist.destroy_process_group()
 
 
-def test_gathered_negatives_give_the_single_process_loss_and_gradients():
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_gathered_negatives_give_the_single_process_loss_and_gradients(compiled):
     world = 2
     images, texts = unit(12, 6, 5), unit(12, 6, 6)
     out = mp.Manager().dict()
-    mp.spawn(_gathered_clip_worker, args=(world, _free_port(), images, texts, out), nprocs=world)
+    mp.spawn(_gathered_clip_worker, args=(world, _free_port(), images, texts, out, compiled), nprocs=world)
     a, b = images.clone().requires_grad_(True), texts.clone().requires_grad_(True)
     log_scale = torch.tensor(math.log(1 / 0.07), requires_grad=True)
     loss, _, _ = clip_loss(a, b, log_scale.exp())

@@ -94,6 +94,19 @@ def test_full_forward_matches_timm():
     torch.testing.assert_close(vit.unpatchify(vit.patchify(x)), x)
 
 
+def test_residual_streams_stay_float32_under_bf16_autocast():
+    """Only matmuls run in bf16: the encoder's and the decoder's blocks receive float32 tokens, as in timm and
+    the official MAE (a bf16 residual stream would round every block's update)."""
+    vit = tiny_vit()
+    mae = MAE(vit, mask_ratio=0.75, decoder_dim=32, decoder_depth=1, decoder_heads=2)
+    seen = {}
+    for name, block in (("encoder", vit.vit.blocks[0]), ("decoder", mae.decoder.blocks[0])):
+        block.register_forward_pre_hook(lambda module, args, name=name: seen.update({name: args[0].dtype}))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = mae(vit, {"image": torch.randn(2, 1, 28, 28), "key": torch.arange(2)}).loss
+    assert seen == {"encoder": torch.float32, "decoder": torch.float32} and loss.dtype == torch.float32
+
+
 def test_tiny_mae_overfits_one_batch():
     torch.manual_seed(0)
     vit = tiny_vit()

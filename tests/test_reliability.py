@@ -133,11 +133,11 @@ def test_checkpoint_with_a_pickled_object_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
 
 
-def nan_run(tmp_path: Path, extra: list[str]) -> subprocess.CompletedProcess:
+def nan_run(tmp_path: Path, extra: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     """train.py with the NaN-injecting objective of tests/fault_objectives.py."""
     pythonpath = os.pathsep.join(p for p in (str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p)
     return run_train([*ARGS, "objective._target_=fault_objectives.NaNMAE", f"run_dir={tmp_path}", *extra],
-                     env={"PYTHONPATH": pythonpath})
+                     env={"PYTHONPATH": pythonpath}, timeout=timeout)
 
 
 def test_nonfinite_stop_names_step_term_and_last_good_checkpoint(tmp_path):
@@ -148,6 +148,18 @@ def test_nonfinite_stop_names_step_term_and_last_good_checkpoint(tmp_path):
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 4
     assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+
+
+def test_nonfinite_loss_on_one_process_stops_every_process_at_that_step(tmp_path):
+    """Under DDP a NaN in one process's batch stops all of them at the same step, not one process leaving the
+    others waiting in the next collective (a hang until the timeout)."""
+    r = nan_run(tmp_path, ["+objective.nan_at_calls=[6]", "+objective.nan_on_rank=1", "trainer.devices=2",
+                           "trainer.strategy=ddp", "data.batch_size=16"], timeout=300)
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert len(lines) == 2 and lines[0] == lines[1], lines  # each process, the same step
+    assert "non-finite loss at step 5" in lines[0] and "(step 4)" in lines[0]
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 4
 
 
 def test_nonfinite_skip_drops_the_update_and_counts_it(tmp_path):

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from selfsup.backbones.vit import ViT, auto_patch_size
@@ -13,7 +14,7 @@ from selfsup.errors import ConfigError
 from selfsup.module import OptimConfig, PretrainModule
 from selfsup.objectives.mae import MAE
 from selfsup.optim import param_groups, scaled_lr, warmup_cosine
-from selfsup.train import resolve_precision
+from selfsup.train import resolve_augment_on, resolve_precision, resolve_sync_batchnorm
 
 
 def tiny():
@@ -78,6 +79,20 @@ def test_precision_auto_is_fp32_on_cpu_and_overridable(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert resolve_precision("auto") == "bf16-mixed"
     assert resolve_precision("16-mixed") == "16-mixed"
+    assert resolve_precision("auto", accelerator="cpu") == "32-true"  # trainer=cpu on a GPU machine
+
+
+def test_gpu_defaults_follow_the_accelerator_not_the_machine(monkeypatch):
+    """On a GPU machine, trainer=cpu trains on the CPU: no SyncBatchNorm, and views made in the data workers."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_sync_batchnorm("auto", "auto") and not resolve_sync_batchnorm("auto", "cpu")
+    for accelerator, where in (("cpu", "cpu"), ("auto", "auto"), ("gpu", "auto")):
+        data = OmegaConf.create({"augment_on": "auto"})
+        resolve_augment_on(data, accelerator)
+        assert data.augment_on == where, accelerator
+    data = OmegaConf.create({"augment_on": "gpu"})
+    resolve_augment_on(data, "cpu")
+    assert data.augment_on == "gpu"  # an explicit choice stands
 
 
 def test_attention_is_fused():

@@ -224,6 +224,7 @@ class ImageDataModule(KeyedDataModule):
         self.augment_on = resolve_augment_on(augment_on)
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
+        self._stats_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.views = [ViewSpec.parse(v) for v in (views or [{"key": "image"}])]
         self.base_sets: tuple[Dataset, Dataset | None] | None = None  # the sources' (image, label) datasets
         self._eval_sets: dict[str, Dataset | None] = {}
@@ -269,5 +270,12 @@ class ImageDataModule(KeyedDataModule):
                 continue
             images = batch[key]
             x = images.float() / 255.0 if images.dtype == torch.uint8 else images
-            batch[key] = (x - self.mean.to(x.device)) / self.std.to(x.device)
+            mean, std = self.stats_on(x.device)
+            batch[key] = (x - mean) / std
         return batch
+
+    def stats_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std on `device`, copied there once: a copy from pageable host memory waits for the GPU."""
+        if device not in self._stats_on:
+            self._stats_on[device] = (self.mean.to(device), self.std.to(device))
+        return self._stats_on[device]

@@ -42,8 +42,9 @@ class Objective(nn.Module):
     def after_optimizer_step(self, backbone: nn.Module, step: int, total_steps: int) -> None:
         """Called after each optimizer step (`step` of `total_steps` done): e.g. BYOL's target update."""
 
-    def step_metrics(self) -> dict[str, float]:
-        """Scalars that follow the schedule rather than the batch (e.g. BYOL's target momentum), logged each step."""
+    def step_metrics(self) -> dict[str, torch.Tensor]:
+        """Scalars that follow the schedule rather than the batch (e.g. BYOL's target momentum), logged each step:
+        0-d tensors on the module's device (a Python number would be copied to the GPU each step, a sync)."""
         return {}
 
     @torch.no_grad()

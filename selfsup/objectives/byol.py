@@ -47,6 +47,8 @@ class BYOL(Objective):
         self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.momentum = base_momentum
+        # the same value on the device, for logging: a Python float would be copied there every step (a sync)
+        self.register_buffer("logged_momentum", torch.tensor(float(base_momentum)), persistent=False)
 
     def forward(self, backbone: nn.Module, batch: dict[str, Any]) -> StepOutput:
         images = torch.cat([batch[v["key"]] for v in self.views])
@@ -57,13 +59,14 @@ class BYOL(Objective):
         loss = (regression_loss(p1, z2) + regression_loss(p2, z1)).mean()
         return StepOutput(loss, features=h[: len(images) // 2].detach())
 
-    def step_metrics(self) -> dict[str, float]:
-        return {"target_momentum": self.momentum}
+    def step_metrics(self) -> dict[str, torch.Tensor]:
+        return {"target_momentum": self.logged_momentum}
 
     @torch.no_grad()
     def after_optimizer_step(self, backbone: nn.Module, step: int, total_steps: int) -> None:
         """target <- tau target + (1 - tau) online, with tau on the cosine schedule at this step."""
         self.momentum = target_momentum(step, total_steps, self.base_momentum)
+        self.logged_momentum.fill_(self.momentum)
         online = [*backbone.parameters(), *self.projector.parameters()]
         target = [*self.target_backbone.parameters(), *self.target_projector.parameters()]
         torch._foreach_lerp_(target, online, 1 - self.momentum)

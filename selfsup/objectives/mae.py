@@ -91,9 +91,11 @@ class MAEDecoder(nn.Module):
         x = self.embed(latent)
         b, n_all = restore.shape
         prefix, visible = x[:, : self.num_prefix], x[:, self.num_prefix :]
-        masks = self.mask_token.to(x.dtype).expand(b, n_all - visible.shape[1], -1)
+        masks = self.mask_token.expand(b, n_all - visible.shape[1], -1)
         patches = gather_rows(torch.cat([visible, masks], dim=1), restore)
-        x = torch.cat([prefix, patches], dim=1) + self.pos_embed.to(x.dtype)
+        # float32 tokens and positions promote the residual stream to float32 under bf16 autocast, as in the
+        # encoder (timm) and the official MAE; only the matmuls run in bf16
+        x = torch.cat([prefix, patches], dim=1) + self.pos_embed
         x = self.norm(self.blocks(x))[:, self.num_prefix :]
         if predict is not None:
             x = gather_rows(x, predict)

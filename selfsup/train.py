@@ -64,7 +64,7 @@ def resolve_sync_batchnorm(value: bool | str, accelerator: str) -> bool:
     return trains_on_gpu(accelerator)
 
 
-def resolve_augment_on(data_cfg: DictConfig, accelerator: str) -> None:
+def place_augmentation(data_cfg: DictConfig, accelerator: str) -> None:
     """data.augment_on `auto` means the GPU where there is one; training on the CPU of a GPU machine makes the
     views in the data workers instead."""
     if data_cfg.get("augment_on") == "auto" and not trains_on_gpu(accelerator):
@@ -147,7 +147,7 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
     pl.seed_everything(cfg.seed, workers=True)
 
     accelerator = cfg.trainer.get("accelerator", "auto")
-    resolve_augment_on(cfg.data, accelerator)
+    place_augmentation(cfg.data, accelerator)
     kept = runs.kept_tokenizer(run_dir)
     if kept is not None and OmegaConf.select(cfg, "data.tokenizer") is not None and not cfg.data.tokenizer.path:
         cfg.data.tokenizer.path = str(kept)  # a resumed run reads the tokenizer it was trained with, not the cache

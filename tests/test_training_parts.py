@@ -14,7 +14,7 @@ from selfsup.errors import ConfigError
 from selfsup.module import OptimConfig, PretrainModule
 from selfsup.objectives.mae import MAE
 from selfsup.optim import param_groups, scaled_lr, warmup_cosine
-from selfsup.train import resolve_augment_on, resolve_precision, resolve_sync_batchnorm
+from selfsup.train import place_augmentation, resolve_precision, resolve_sync_batchnorm
 
 
 def tiny():
@@ -88,10 +88,10 @@ def test_gpu_defaults_follow_the_accelerator_not_the_machine(monkeypatch):
     assert resolve_sync_batchnorm("auto", "auto") and not resolve_sync_batchnorm("auto", "cpu")
     for accelerator, where in (("cpu", "cpu"), ("auto", "auto"), ("gpu", "auto")):
         data = OmegaConf.create({"augment_on": "auto"})
-        resolve_augment_on(data, accelerator)
+        place_augmentation(data, accelerator)
         assert data.augment_on == where, accelerator
     data = OmegaConf.create({"augment_on": "gpu"})
-    resolve_augment_on(data, "cpu")
+    place_augmentation(data, "cpu")
     assert data.augment_on == "gpu"  # an explicit choice stands
 
 

@@ -54,11 +54,13 @@ def pretraining_normalization(run_cfg: DictConfig) -> tuple[list[float], list[fl
     """The per-channel mean and std the run's images were normalised with, which its backbone expects of any
     images it embeds later (as CLIP and timm models carry their preprocessing); None where the run's data
     config cannot be built here or has no images."""
+    from hydra.errors import InstantiationException
+
     from selfsup.train import build
 
     try:
         data = build(run_cfg.data, _convert_="all")  # the constructor only: nothing is read
-    except SelfsupError:
+    except (SelfsupError, InstantiationException):
         return None
     if not hasattr(data, "mean"):
         return None

@@ -32,11 +32,12 @@ if wanted mlm; then
 fi
 if wanted ssl; then
   for objective in simclr byol; do
-    for augment_on in cpu gpu; do   # cpu: the GPU step alone (views made in advance); gpu: views made on the GPU
+    # cpu: the GPU step alone (views made in advance); gpu: views made on the GPU, eager and compiled
+    for variant in "data.augment_on=cpu" "data.augment_on=gpu" "data.augment_on=gpu compile=true"; do
       bench objective=$objective backbone=resnet50 data=synthetic data.image_size=224 data.channels=3 \
-        data.batch_size=256 data.augment_on=$augment_on
+        data.batch_size=256 $variant
       bench objective=$objective backbone=resnet18 data=synthetic data.image_size=32 data.channels=3 \
-        data.batch_size=512 data.augment_on=$augment_on
+        data.batch_size=512 $variant
     done
   done
 fi

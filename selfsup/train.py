@@ -154,6 +154,8 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
     backbone = build(cfg.backbone)
     objective = build(cfg.objective, backbone=backbone, _convert_="all")
     data = build(cfg.data, views=objective.views, seed=cfg.seed, _convert_="all")
+    if cfg.compile and getattr(data, "augment_on", None) == "gpu":
+        data.compile_views()
     if hasattr(objective, "bind_data"):  # e.g. MLM takes its token ids from the data module's tokenizer
         objective.bind_data(data)
     if rank_zero and isinstance(data, Tokenized):

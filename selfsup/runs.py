@@ -36,6 +36,12 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINTS
 
 
+def run_dir_of(checkpoint: str | Path) -> Path:
+    """The run folder a checkpoint file belongs to: RUN for RUN/checkpoints/x.ckpt, else the file's folder."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS else checkpoint.parent
+
+
 def kept_tokenizer(run_dir: str | Path) -> Path | None:
     """RUN/tokenizer.json, where the run keeps the tokenizer it trained with: resume, eval, embed and export read
     the same token ids from it, whatever has happened to the tokenizer cache or the corpus since."""

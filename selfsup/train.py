@@ -22,7 +22,7 @@ from selfsup.callbacks.progress import ProgressBar
 from selfsup.callbacks.throughput import Throughput
 from selfsup.checks import check_modalities
 from selfsup.csv_logger import RunCSVLogger
-from selfsup.data.tokenizer import Tokenized, keep_copy
+from selfsup.data.tokenizer import Tokenized, check_resumed_tokenizer, save_atomic
 from selfsup.checkpoint_io import AtomicCheckpointIO
 from selfsup.errors import ConfigError, NonFiniteLoss, SelfsupError
 from selfsup.module import OptimConfig, PretrainModule
@@ -148,7 +148,7 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
 
     accelerator = cfg.trainer.get("accelerator", "auto")
     place_augmentation(cfg.data, accelerator)
-    kept = runs.kept_tokenizer(run_dir)
+    kept = runs.kept_tokenizer(runs.run_dir_of(resume[0])) if resume is not None else None
     if kept is not None and OmegaConf.select(cfg, "data.tokenizer") is not None and not cfg.data.tokenizer.path:
         cfg.data.tokenizer.path = str(kept)  # a resumed run reads the tokenizer it was trained with, not the cache
     backbone = build(cfg.backbone)
@@ -158,8 +158,11 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
         data.compile_views()
     if hasattr(objective, "bind_data"):  # e.g. MLM takes its token ids from the data module's tokenizer
         objective.bind_data(data)
-    if rank_zero and isinstance(data, Tokenized):
-        keep_copy(data.tokenizer, run_dir / runs.TOKENIZER)
+    if isinstance(data, Tokenized):
+        if kept is not None:  # on every process, so that all stop alike
+            check_resumed_tokenizer(data.tokenizer, kept)
+        if rank_zero:
+            save_atomic(data.tokenizer, run_dir / runs.TOKENIZER, replace=True)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs.get("precision", "auto"), accelerator)
     trainer_kwargs["sync_batchnorm"] = resolve_sync_batchnorm(trainer_kwargs.get("sync_batchnorm", "auto"), accelerator)

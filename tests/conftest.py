@@ -18,6 +18,10 @@ TINY = [
     "backbone.name=vit_tiny_patch16_224", "+backbone.depth=2", "monitors.enabled=false",
 ]
 
+# torch.compile's Inductor backend builds C++ kernels on the CPU.
+needs_cxx = pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))),
+                               reason="Inductor needs a C++ compiler on the CPU (apt-get install -y g++)")
+
 
 def run_train(args: list[str], cwd: Path = ROOT, timeout: int = 600,
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -8,6 +8,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from conftest import needs_cxx
 from selfsup.data import augment as A
 from selfsup.data.augment import ViewSpec
 from selfsup.data.synthetic import Synthetic
@@ -165,6 +166,7 @@ def test_image_folder_on_gpu_path_crops_in_workers_and_matches_the_cpu_path(tmp_
         torch.testing.assert_close(batches["gpu"][key], batches["cpu"][key], atol=(2 / 255) / 0.225, rtol=0)
 
 
+@needs_cxx
 def test_compiled_gpu_views_equal_the_eager_ones():
     """compile=true compiles the GPU-mode views (data.compile_views): one fused graph, the same images."""
     gpu = two_view_module("gpu")

@@ -64,6 +64,14 @@ def test_tokenizer_trains_once_caches_atomically_and_round_trips(tmp_path, monke
     assert tok.cache_key({"corpus": 1}, {"v": 101}) != tok.cache_key({"corpus": 1}, {"v": 100})
 
 
+def test_same_tokenization_sees_vocabulary_and_lowercasing():
+    trained = tok.train_wordpiece(STORY, vocab_size=80, min_frequency=1)
+    cased = tok.bert_pipeline(tok.WordPiece(trained.get_vocab(), unk_token=tok.UNK), lowercase=False)
+    assert tok.same_tokenization(trained, tok.train_wordpiece(STORY, vocab_size=80, min_frequency=1))
+    assert not tok.same_tokenization(trained, tok.train_wordpiece(STORY, vocab_size=70, min_frequency=1))
+    assert not tok.same_tokenization(trained, cased)
+
+
 def test_training_is_deterministic():
     a, b = tok.train_wordpiece(STORY * 5, 150, min_frequency=1), tok.train_wordpiece(STORY * 5, 150, min_frequency=1)
     assert a.to_str() == b.to_str()
@@ -364,7 +372,7 @@ def test_a_text_run_keeps_its_tokenizer_for_resume_and_embedding(tmp_path):
     r = run_train([*args, "trainer.max_steps=2"])
     assert r.returncode == 0, r.stderr[-3000:]
     (cached,) = cache.glob("*.json")
-    assert tok.load_tokenizer(run / "tokenizer.json").get_vocab() == tok.load_tokenizer(cached).get_vocab()
+    assert tok.same_tokenization(tok.load_tokenizer(run / "tokenizer.json"), tok.load_tokenizer(cached))
 
     shutil.rmtree(cache)
     r = run_train([*args, "trainer.max_steps=4", "resume=auto"])
@@ -374,9 +382,14 @@ def test_a_text_run_keeps_its_tokenizer_for_resume_and_embedding(tmp_path):
                         "max_samples=64"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert np.load(tmp_path / "e.npz")["features"].shape == (64, 128)
+    continued = tmp_path / "continued"  # resuming another run's checkpoint takes that run's tokenizer too
+    r = run_train([*args[:-1], f"run_dir={continued}", "trainer.max_steps=6", f"resume={run}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    kept, continued_kept = (tok.load_tokenizer(d / "tokenizer.json") for d in (run, continued))
+    assert tok.same_tokenization(kept, continued_kept)
     assert not cache.exists(), "a tokenizer was trained again instead of reading the run's"
 
     other = tok.train_wordpiece(STORY, vocab_size=100, min_frequency=1)
     other.save(str(tmp_path / "other.json"))
     r = run_train([*args, "trainer.max_steps=6", "resume=auto", f"data.tokenizer.path={tmp_path / 'other.json'}"])
-    assert r.returncode != 0 and "holds the tokenizer this run was trained with" in r.stderr
+    assert r.returncode == 2 and "the run this one resumes was trained with the tokenizer" in r.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, assert_same_last_checkpoint, train_whole_and_resumed
+from conftest import TINY, assert_same_last_checkpoint, needs_cxx, train_whole_and_resumed
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
@@ -80,8 +80,7 @@ def test_resume_at_an_epoch_boundary(train, tmp_path):
     assert_same_last_checkpoint(full, resumed, global_step=11)
 
 
-@pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))),
-                    reason="Inductor needs a C++ compiler on the CPU (apt-get install -y g++)")
+@needs_cxx
 def test_compiled_run_resumes_an_eager_one_and_matches_it(train, tmp_path):
     """compile=true (TorchDynamo + Inductor, here on the CPU) trains the same model as eager mode, and compiles in
     place, so checkpoints have the same parameter names and either mode resumes the other's run."""

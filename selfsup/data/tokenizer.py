@@ -134,11 +134,12 @@ def cache_key(corpus_identity: Any, settings: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def save_atomic(tokenizer: Tokenizer, path: Path) -> None:
+def save_atomic(tokenizer: Tokenizer, path: Path, replace: bool = False) -> None:
     """Write to a temporary file beside `path`, flush it to disk, and link it into place.
 
     The first writer wins (os.link refuses to overwrite), so processes training the same tokenizer at the
-    same time all end up loading one and the same file, and a reader never sees a partial file.
+    same time all end up loading one and the same file, and a reader never sees a partial file. `replace`:
+    the new file replaces an existing one instead (atomically, by rename).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -147,6 +148,9 @@ def save_atomic(tokenizer: Tokenizer, path: Path) -> None:
             f.write(tokenizer.to_str())
             f.flush()
             os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, path)
+            return
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -158,15 +162,17 @@ def save_atomic(tokenizer: Tokenizer, path: Path) -> None:
             os.unlink(tmp)
 
 
-def keep_copy(tokenizer: Tokenizer, path: Path) -> None:
-    """Write a run's tokenizer to `path` once. A resumed run must tokenize as before: a different vocabulary
-    already kept there is refused."""
-    if path.is_file():
-        if load_tokenizer(path).get_vocab() != tokenizer.get_vocab():
-            raise ConfigError(f"{path} holds the tokenizer this run was trained with, and data.tokenizer gives another; "
-                              "drop data.tokenizer.path to resume with the run's own, or start a new run_dir")
-        return
-    save_atomic(tokenizer, path)
+def same_tokenization(a: Tokenizer, b: Tokenizer) -> bool:
+    """The same vocabulary, text normalisation (e.g. lowercasing) and pre-tokenisation."""
+    parts = lambda t: {k: v for k, v in json.loads(t.to_str()).items() if k in ("normalizer", "pre_tokenizer")}  # noqa: E731
+    return a.get_vocab() == b.get_vocab() and parts(a) == parts(b)
+
+
+def check_resumed_tokenizer(tokenizer: Tokenizer, kept: Path) -> None:
+    """A resumed run must tokenize as the run it continues, whose tokenizer is `kept` (its RUN/tokenizer.json)."""
+    if not same_tokenization(load_tokenizer(kept), tokenizer):
+        raise ConfigError(f"the run this one resumes was trained with the tokenizer {kept}, and data.tokenizer gives "
+                          "another; drop data.tokenizer.path to resume with the run's own, or start a new run_dir")
 
 
 def cached_tokenizer(corpus_identity: Any, texts: Callable[[], Iterable[str]], vocab_size: int = 8192,

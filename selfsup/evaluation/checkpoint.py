@@ -45,8 +45,7 @@ def resolve_checkpoint(path: str | Path | None) -> tuple[Path, Path]:
                               "train first, or give a .ckpt file")
         ckpt = found[0]
     elif p.is_file():
-        ckpt = p
-        run_dir = p.parent.parent if p.parent.name == runs.CHECKPOINTS else p.parent
+        ckpt, run_dir = p, runs.run_dir_of(p)
     else:
         raise ConfigError(f"checkpoint={path}: no such file or folder; give a run folder or a .ckpt file")
     if not (run_dir / runs.CONFIG).is_file():

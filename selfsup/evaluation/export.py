@@ -162,7 +162,8 @@ def export_text(pre: Pretrained, out: Path) -> dict[str, Any]:
               "source": {"checkpoint": str(pre.checkpoint.resolve()), "step": pre.step}}
     out.mkdir(parents=True, exist_ok=True)
     save_file(_state(pre.backbone), str(out / WEIGHTS))
-    shutil.copyfile(tokenizer, out / name)
+    if not (out / name).exists() or not (out / name).samefile(tokenizer):  # exporting into the run folder itself
+        shutil.copyfile(tokenizer, out / name)
     (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     model, _ = load_text_encoder(out)
     ids = torch.randint(5, int(kwargs.get("vocab_size", 6)), (2, 8))

@@ -131,7 +131,7 @@ def main(overrides: list[str]) -> dict:
     if device.type == "cuda":
         module.to(memory_format=torch.channels_last)
     data = instantiate(cfg.data, views=objective.views, seed=cfg.seed, _convert_="all")
-    if cfg.compile and getattr(data, "augment_on", None) == "gpu":  # as train.py
+    if cfg.compile:  # as train.py
         data.compile_views()
     on_device = getattr(data, "augment_on", "cpu") == "gpu" or os.environ.get("PIPELINE") == "1"
     if os.environ.get("PIPELINE") == "1":

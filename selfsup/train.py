@@ -149,17 +149,18 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
     accelerator = cfg.trainer.get("accelerator", "auto")
     place_augmentation(cfg.data, accelerator)
     kept = runs.kept_tokenizer(runs.run_dir_of(resume[0])) if resume is not None else None
-    if kept is not None and OmegaConf.select(cfg, "data.tokenizer") is not None and not cfg.data.tokenizer.path:
+    named_tokenizer = OmegaConf.select(cfg, "data.tokenizer.path")
+    if kept is not None and OmegaConf.select(cfg, "data.tokenizer") is not None and not named_tokenizer:
         cfg.data.tokenizer.path = str(kept)  # a resumed run reads the tokenizer it was trained with, not the cache
     backbone = build(cfg.backbone)
     objective = build(cfg.objective, backbone=backbone, _convert_="all")
     data = build(cfg.data, views=objective.views, seed=cfg.seed, _convert_="all")
-    if cfg.compile and getattr(data, "augment_on", None) == "gpu":
+    if cfg.compile:
         data.compile_views()
     if hasattr(objective, "bind_data"):  # e.g. MLM takes its token ids from the data module's tokenizer
         objective.bind_data(data)
     if isinstance(data, Tokenized):
-        if kept is not None:  # on every process, so that all stop alike
+        if kept is not None and named_tokenizer:  # on every process, so that all stop alike
             check_resumed_tokenizer(data.tokenizer, kept)
         if rank_zero:
             save_atomic(data.tokenizer, run_dir / runs.TOKENIZER, replace=True)

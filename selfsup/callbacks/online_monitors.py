@@ -30,11 +30,12 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_warn
 
 from selfsup.data.base import spread_indices
-from selfsup.errors import ConfigError, DataError
+from selfsup.errors import ConfigError
 from selfsup.evaluation.features import FeatureSet, extract, num_classes_of
 from selfsup.evaluation.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_accuracy
 from selfsup.evaluation.linear import LinearProbe, evaluate_probe, make_optimizer
-from selfsup.evaluation.zero_shot import DEFAULT_TEMPLATES, class_embeddings, dual_encoder_metrics, pair_ids
+from selfsup.evaluation.zero_shot import (DEFAULT_TEMPLATES, class_embeddings, class_names_of, dual_encoder_metrics,
+                                          pair_ids)
 from selfsup.objectives.clip import CLIP, DualEncoder
 
 AUTO_CAPS = {"cuda": {"train": 50_000, "val": 10_000}, "cpu": {"train": 512, "val": 256}}
@@ -281,7 +282,6 @@ class ZeroShotMonitor(pl.Callback):
             raise ConfigError(f"monitors.zero_shot.every_n_epochs must be >= 0, got {every_n_epochs}")
         self.every_n_epochs = every_n_epochs
         self.templates = list(templates or DEFAULT_TEMPLATES)
-        self.data = data
         dual = lambda module: DualEncoder(module.backbone, module.objective)  # noqa: E731
         self.pairs = EvalFeatures(max_val_samples=max_val_samples, batch_size=batch_size, encoder=dual)
         self.labelled = EvalFeatures(max_val_samples=max_val_samples, batch_size=batch_size, encoder=dual,
@@ -292,7 +292,8 @@ class ZeroShotMonitor(pl.Callback):
             return
         own = trainer.datamodule
         dual = DualEncoder(pl_module.backbone, pl_module.objective)
-        class_emb = self._class_embeddings(own if self.data is None else self.data, dual, pl_module, trainer)
+        class_emb = self._class_embeddings(own if self.labelled is None else self.labelled.data, dual, pl_module,
+                                           trainer)
         metrics: dict[str, float] = {}
         if self.labelled is not None:
             images = self.labelled.get(trainer, pl_module, "val")
@@ -340,9 +341,7 @@ def zero_shot_data(node: Any, train_data: Any, seed: int) -> Any:
     data = build(node, views=EVAL_VIEWS, seed=seed, _convert_="all")
     data.setup()
     check_labelled(data, what)
-    if not data.class_names():
-        raise DataError(f"{what} ({data.source}) has no class names, which zero-shot prompts are made of; image "
-                        "folders: one sub-folder per class")
+    class_names_of(data, what)
     return data
 
 

@@ -114,6 +114,9 @@ class KeyedDataModule(pl.LightningDataModule):
                 f"{len(self.train_set)} training samples of {self.name}; lower data.batch_size"
             )
 
+    def compile_views(self) -> None:
+        """compile=true: torch.compile what the data module runs on the device, where it has such work."""
+
     def log_info(self, message: str) -> None:
         """A line in the run's log, written once per job (by global rank zero)."""
         rank_zero_info(message)
@@ -265,9 +268,10 @@ class ImageDataModule(KeyedDataModule):
         return self.normalize(batch)
 
     def compile_views(self) -> None:
-        """torch.compile the GPU-mode views (compile=true): the per-sample crops, jitter, blur and solarize fuse
-        into a few kernels instead of some hundred full-batch passes (11x faster on a CPU, 64 images at 96 px)."""
-        self._device_views = torch.compile(device_views, dynamic=False)
+        """torch.compile the GPU-mode views: the per-sample crops, jitter, blur and solarize fuse into a few
+        kernels instead of some hundred full-batch passes (11x faster on a CPU, 64 images at 96 px)."""
+        if self.augment_on == "gpu":
+            self._device_views = torch.compile(device_views, dynamic=False)
 
     def normalize(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Views to normalised floats on the device: uint8 (0-255) from the workers, or floats in [0, 1]."""

@@ -164,8 +164,11 @@ def save_atomic(tokenizer: Tokenizer, path: Path, replace: bool = False) -> None
 
 def same_tokenization(a: Tokenizer, b: Tokenizer) -> bool:
     """The same vocabulary, text normalisation (e.g. lowercasing) and pre-tokenisation."""
-    parts = lambda t: {k: v for k, v in json.loads(t.to_str()).items() if k in ("normalizer", "pre_tokenizer")}  # noqa: E731
-    return a.get_vocab() == b.get_vocab() and parts(a) == parts(b)
+    def pipeline(t: Tokenizer) -> tuple[Any, Any]:
+        spec = json.loads(t.to_str())
+        return spec.get("normalizer"), spec.get("pre_tokenizer")
+
+    return a.get_vocab() == b.get_vocab() and pipeline(a) == pipeline(b)
 
 
 def check_resumed_tokenizer(tokenizer: Tokenizer, kept: Path) -> None:

@@ -21,6 +21,15 @@ DEFAULT_TEMPLATES = ("a photo of a {}.", "a drawing of a {}.", "clip art of a {}
 RECALL_AT = (1, 5, 10)
 
 
+def class_names_of(data: Any, what: str = "zero-shot") -> list[str]:
+    """The class names a zero-shot evaluation prompts with; a one-line DataError for data without them."""
+    names = data.class_names() if hasattr(data, "class_names") else None
+    if not names:
+        raise DataError(f"{what}: {data.source} has no class names, which zero-shot prompts are made of (image "
+                        "folders: one sub-folder per class)")
+    return names
+
+
 def readable(name: str) -> str:
     """A class name as a prompt reads it: 'signs_and_symbols' -> 'signs and symbols'."""
     return " ".join(str(name).replace("_", " ").split())
@@ -134,10 +143,7 @@ class ZeroShotProtocol(Protocol):
     def run(self, model: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
         from selfsup.evaluation.data import run_captions
 
-        names = ctx.data.class_names() if hasattr(ctx.data, "class_names") else None
-        if not names:
-            raise DataError(f"{ctx.data.source} has no class names; zero-shot prompts need them (image folders: "
-                            "one sub-folder per class)")
+        names = class_names_of(ctx.data)
         class_emb = class_embeddings(model.encode_text, run_captions(ctx.run_cfg, ctx.run_dir), names, self.templates,
                                      ctx.device, ctx.autocast)
         val = ctx.features(model, "val").labelled()

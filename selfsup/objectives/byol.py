@@ -46,8 +46,7 @@ class BYOL(Objective):
         self.predictor = mlp(projector_dim, predictor_hidden_dim, projector_dim)
         self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
-        self.momentum = base_momentum
-        # the same value on the device, for logging: a Python float would be copied there every step (a sync)
+        # the current momentum, on the device for logging: a Python float would be copied there every step (a sync)
         self.register_buffer("logged_momentum", torch.tensor(float(base_momentum)), persistent=False)
 
     def forward(self, backbone: nn.Module, batch: dict[str, Any]) -> StepOutput:
@@ -65,8 +64,8 @@ class BYOL(Objective):
     @torch.no_grad()
     def after_optimizer_step(self, backbone: nn.Module, step: int, total_steps: int) -> None:
         """target <- tau target + (1 - tau) online, with tau on the cosine schedule at this step."""
-        self.momentum = target_momentum(step, total_steps, self.base_momentum)
-        self.logged_momentum.fill_(self.momentum)
+        momentum = target_momentum(step, total_steps, self.base_momentum)
+        self.logged_momentum.fill_(momentum)
         online = [*backbone.parameters(), *self.projector.parameters()]
         target = [*self.target_backbone.parameters(), *self.target_projector.parameters()]
-        torch._foreach_lerp_(target, online, 1 - self.momentum)
+        torch._foreach_lerp_(target, online, 1 - momentum)

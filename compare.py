@@ -21,7 +21,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="where plots and table.md go (default RUNS_DIR/compare)")
     args = parser.parse_args(argv)
 
-    from selfsup.evaluation.compare import group_runs, load_runs, resolve_metric, table
+    from selfsup.evaluation.comparison import group_runs, load_runs, resolve_metric, table
     from selfsup.evaluation.plots import plot_all
 
     try:

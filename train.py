@@ -22,7 +22,7 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from selfsup.train import run
+    from selfsup.commands.pretrain import run
 
     hc = HydraConfig.get()
     names = {group: hc.runtime.choices.get(group) for group in ("objective", "backbone", "data")}

@@ -9,7 +9,8 @@
         data.image_size=224 data.batch_size=1024   # CLIP ViT-B/32 (random captions of 8-77 tokens)
 
 With `data.augment_on=gpu` (`auto` on a GPU) the timed step starts from uint8 images and makes the objective's
-views on the device (what training does); with `cpu` the views are made in advance (the GPU step alone). PIPELINE=1 times
+views on the device (what training does); with `cpu` the views are made in advance (the GPU step alone).
+PIPELINE=1 times
 whole training iterations fed by the configured data module's loader (CPU decoding, transfer, augmentation).
 
 Prints one JSON line: samples/s, step time (median of timed steps, each between device syncs), model
@@ -31,14 +32,13 @@ from typing import ContextManager
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from selfsup.module import OptimConfig, PretrainModule  # noqa: E402
+from selfsup.assemble import build_optim, build_pieces  # noqa: E402
+from selfsup.module import PretrainModule  # noqa: E402
 
 # Dense bf16 peaks by device name, the first match wins (so the PCIe and NVL cards before the SXM "H100").
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756, "H100 NVL": 835, "H100": 989, "H200": 989, "GH200": 989, "B200": 2250,
@@ -64,7 +64,7 @@ def synthetic_batch(cfg, batch_size: int, device: torch.device, views: list[dict
     from selfsup.checks import target_attr
 
     if target_attr(cfg.objective, "modality") == "text":
-        from selfsup.token_ids import TokenizerInfo
+        from selfsup.data_facts import TokenizerInfo
 
         info, length = TokenizerInfo.default(int(cfg.backbone.vocab_size)), int(cfg.data.max_length)
         ids = torch.randint(max(info.special_ids) + 1, info.vocab_size, (batch_size, length), device=device)
@@ -84,7 +84,7 @@ def caption_fields(cfg, batch_size: int, device: torch.device) -> dict:
     """Image-text objectives (CLIP): captions of 8 to context_length tokens, padded to context_length as the
     data modules pad them; nothing for other objectives."""
     from selfsup.checks import target_attr
-    from selfsup.token_ids import TokenizerInfo
+    from selfsup.data_facts import TokenizerInfo
 
     if target_attr(cfg.objective, "modality") != "image-text":
         return {}
@@ -122,27 +122,24 @@ def main(overrides: list[str]) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as training (train.py: trainer.benchmark, unless deterministic)
     torch.manual_seed(cfg.seed)
-    backbone = instantiate(cfg.backbone)
-    objective = instantiate(cfg.objective, backbone=backbone, _convert_="all")
+    pipeline = os.environ.get("PIPELINE") == "1"
+    pieces = build_pieces(cfg, bind=pipeline)  # PIPELINE: real batches, with the data's token ids
+    objective, data = pieces.objective, pieces.data
     batch_size = cfg.data.batch_size
-    optim = OptimConfig.from_cfg(OmegaConf.to_container(cfg.optim, resolve=True), batch_size, 1000, 10_000)
-    module = PretrainModule(backbone, objective, optim, compile=cfg.compile).to(device)
+    optim = build_optim(cfg, batch_size, 1000, 10_000)
+    module = PretrainModule(pieces.backbone, objective, optim, compile=cfg.compile).to(device)
     optimizer = module.configure_optimizers()["optimizer"]
     if device.type == "cuda":
         module.to(memory_format=torch.channels_last)
-    data = instantiate(cfg.data, views=objective.views, seed=cfg.seed, _convert_="all")
-    if cfg.compile:  # as train.py
-        data.compile_views()
-    on_device = getattr(data, "augment_on", "cpu") == "gpu" or os.environ.get("PIPELINE") == "1"
-    if os.environ.get("PIPELINE") == "1":
-        if hasattr(objective, "bind_data"):  # e.g. MLM: the token ids of the data module's tokenizer
-            objective.bind_data(data)
+    on_device = getattr(data, "augment_on", "cpu") == "gpu" or pipeline
+    if pipeline:
         loader = iter(data.train_dataloader())
         next_batch = lambda: {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v  # noqa: E731
                               for k, v in next(loader).items()}
     elif on_device:  # uint8 images as the workers hand them over
         size, channels = cfg.data.image_size, cfg.data.channels
-        batches = [{"source": torch.randint(0, 256, (batch_size, channels, size, size), dtype=torch.uint8, device=device),
+        shape = (batch_size, channels, size, size)
+        batches = [{"source": torch.randint(0, 256, shape, dtype=torch.uint8, device=device),
                     "key": torch.arange(batch_size, device=device) + i * batch_size,
                     **caption_fields(cfg, batch_size, device)} for i in range(2)]
         next_batch = lambda: dict(batches[counter["i"] % 2])  # noqa: E731
@@ -167,9 +164,8 @@ def main(overrides: list[str]) -> dict:
         step()
     sync(device)
     if cfg.compile:  # FlopCounterMode cannot see inside compiled graphs: count an eager step of the same model
-        eager_backbone = instantiate(cfg.backbone)
-        eager_objective = instantiate(cfg.objective, backbone=eager_backbone, _convert_="all")
-        eager = PretrainModule(eager_backbone, eager_objective, optim).to(device)
+        eager_pieces = build_pieces(cfg, bind=False)
+        eager = PretrainModule(eager_pieces.backbone, eager_pieces.objective, optim).to(device)
         with FlopCounterMode(display=False) as fc, countable_attention(device), \
                 torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             batch = data.on_device(next_batch()) if on_device else next_batch()
@@ -191,7 +187,8 @@ def main(overrides: list[str]) -> dict:
     dt = statistics.median(times)
     peak = device_peak(device)
     row = {
-        "config": " ".join(overrides), "pipeline": os.environ.get("PIPELINE") == "1", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "config": " ".join(overrides), "pipeline": pipeline,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "batch": batch_size, "samples_per_s": round(batch_size / dt, 1),
         "step_ms": round(dt * 1e3, 2), "gflop_per_step": round(flops / 1e9, 1),
         "tflops": round(flops / dt / 1e12, 2), "mfu": round(flops / dt / peak, 4) if peak else None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from selfsup.errors import SelfsupError
+from selfsup import runs
+from selfsup.errors import ConfigError, SelfsupError
 
 # Fault injection for tests: seconds to wait between writing the temporary file and renaming it over an
 # existing checkpoint (so that a test can kill the process mid-save).
@@ -77,3 +79,35 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return load_checkpoint(path, map_location=map_location or "cpu")
+
+
+def newest_loadable(folder: Path) -> tuple[Path, int] | None:
+    """The most recent checkpoint in `folder` that loads, with its global step; corrupt ones are named and skipped.
+
+    Candidates are last.ckpt and the periodic step_*.ckpt, newest first by modification time.
+    """
+    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
+    for path in candidates:
+        try:
+            return path, int(load_checkpoint(path)["global_step"])
+        except (CheckpointError, KeyError, TypeError) as e:
+            print(f"warning: skipping checkpoint {path}: {e}", file=sys.stderr)
+    return None
+
+
+def resolve_resume(resume: str | None, run_dir: str | Path) -> tuple[Path, int] | None:
+    """The checkpoint to resume from and its step: `auto` = this run's newest loadable checkpoint, if any;
+    a run folder (its newest loadable checkpoint); or a .ckpt file."""
+    if not resume:
+        return None
+    if resume == "auto":
+        return newest_loadable(runs.checkpoint_dir(run_dir))
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        found = newest_loadable(runs.checkpoint_dir(path))
+        if found is None:
+            raise ConfigError(f"resume={resume}: no loadable checkpoint in {runs.checkpoint_dir(path)}")
+        return found
+    if not path.is_file():
+        raise ConfigError(f"resume={resume}: no checkpoint at {path}; give a .ckpt file, a run folder, or 'auto'")
+    return path, int(load_checkpoint(path)["global_step"])

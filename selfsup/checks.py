@@ -12,25 +12,45 @@ from typing import Any, Sequence
 from hydra.utils import get_class
 
 from selfsup.errors import ConfigError
+from selfsup.runs import prepare_run_dir
 
-GROUPS = ("backbone", "objective", "data", "trainer", "optim", "logger", "experiment")
+GROUPS = ("backbone", "objective", "data", "trainer", "optim", "logger", "callbacks", "experiment")
 
 
 def choices(config_dir: Path, group: str) -> list[str]:
     return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
 
 
+def search_path(argv: Sequence[str]) -> list[Path] | None:
+    """The config folders a `hydra.searchpath=[file://DIR,...]` override adds (a user's own objectives and
+    backbones); None when it names a source that cannot be listed here (pkg://)."""
+    folders: list[Path] = []
+    for arg in argv:
+        if arg.startswith("hydra.searchpath="):
+            for entry in arg.split("=", 1)[1].strip("[]").split(","):
+                entry = entry.strip().strip("'\"")
+                if not entry.startswith("file://"):
+                    return None
+                folders.append(Path(entry[len("file://"):]))
+    return folders
+
+
 def check_command_line(argv: Sequence[str], config_dir: Path, groups: Sequence[str] = GROUPS) -> None:
     """An unknown `group=name` (or `group@package=name`) on the command line, named with the choices, before
-    Hydra's longer error."""
+    Hydra's longer error. Config folders added with hydra.searchpath count too."""
+    extra = search_path(argv)
+    if extra is None:
+        return
+    folders = [config_dir, *extra]
     for arg in argv:
         m = re.fullmatch(r"[+~]?(\w+)(?:@[\w.]+)?=([\w.,-]+)", arg)
         if not m or m.group(1) not in groups or m.group(2) == "null":
             continue
         group, name = m.groups()
         for option in name.split(","):  # multirun lists: objective=mae,simclr
-            if not (config_dir / group / f"{option}.yaml").is_file():
-                raise ConfigError(f"unknown {group} '{option}'; choose one of: {', '.join(choices(config_dir, group))}")
+            if not any((folder / group / f"{option}.yaml").is_file() for folder in folders):
+                known = sorted({c for folder in folders for c in choices(folder, group)})
+                raise ConfigError(f"unknown {group} '{option}'; choose one of: {', '.join(known)}")
 
 
 def target_attr(node: Any, attr: str, default: Any = None) -> Any:
@@ -47,7 +67,8 @@ def target_attr(node: Any, attr: str, default: Any = None) -> Any:
 def check_modalities(cfg: Any) -> None:
     """The objective, the backbone and the data must agree on the modality (image, text, image-text)."""
     wanted_data = target_attr(cfg.objective, "modality")
-    wanted_backbone = target_attr(cfg.objective, "backbone_modality", wanted_data)  # CLIP: image-text data, image backbone
+    # an objective may train a backbone of another modality than its data (image-text data, an image backbone)
+    wanted_backbone = target_attr(cfg.objective, "backbone_modality") or wanted_data
     for group, wanted in (("backbone", wanted_backbone), ("data", wanted_data)):
         have = target_attr(cfg[group], "modality")
         if wanted == "image" and have == "image-text":  # image objectives use the images of pairs
@@ -61,8 +82,6 @@ def check_modalities(cfg: Any) -> None:
 
 def check_run_dir_argument(argv: Sequence[str]) -> None:
     """A `run_dir=PATH` on the command line must be writable (Hydra creates it before any of our code runs)."""
-    from selfsup.runs import prepare_run_dir
-
     for arg in argv:
         if arg.startswith("run_dir="):
             prepare_run_dir(Path(arg.split("=", 1)[1]).expanduser(), min_free_gb=0.0)

@@ -11,6 +11,11 @@ import torch
 
 _MASK32 = 0xFFFFFFFF
 
+# The streams of `uniform`: each use of per-sample randomness draws from its own, so no two share numbers.
+PATCH_MASK_STREAM = 1  # which image patches are masked (masked image modelling)
+TOKEN_MASK_STREAM = 2  # which tokens are masked, and what they become (masked language modelling)
+VIEW_STREAM = 16  # the augmentation of view 0; view v draws from VIEW_STREAM + v
+
 
 def _mulmod32(x: torch.Tensor, c: int) -> torch.Tensor:
     """(x * c) mod 2**32 for 0 <= x < 2**32, split in 16-bit halves so no int64 product overflows."""
@@ -46,3 +51,13 @@ def uniform(keys: torch.Tensor, n: int, stream: int = 0) -> torch.Tensor:
     counters = torch.arange(n, device=keys.device, dtype=torch.int64) + (stream << 20)
     bits = hash32(hash32(keys.to(torch.int64)).unsqueeze(-1) ^ hash32(counters))
     return (bits >> 8).to(torch.float32) * (1.0 / (1 << 24))
+
+
+def per_sample_uniform(batch: dict, n: int, stream: int, device: torch.device) -> torch.Tensor:
+    """(B, n) U[0, 1) numbers for a batch: keyed by its samples' `key` where the batch has one (the same numbers
+    whatever the batch composition, process count or resume point), else from the global generator."""
+    keys = batch.get("key")
+    if keys is not None:
+        return uniform(keys.to(device), n, stream=stream)
+    size = len(next(v for v in batch.values() if isinstance(v, torch.Tensor)))
+    return torch.rand(size, n, device=device)

@@ -1,7 +1,6 @@
 """The one LightningModule: a backbone, an objective, and their optimizer and schedule."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
@@ -10,36 +9,7 @@ from torch import nn
 
 from selfsup.errors import ConfigError, NonFiniteLoss
 from selfsup.objectives.base import Objective
-from selfsup.optim import build_optimizer, check_optimizer_name, param_groups, scaled_lr, warmup_cosine
-
-
-@dataclass
-class OptimConfig:
-    """The resolved optimisation recipe. `lr` is the final learning rate (already scaled by batch size)."""
-
-    name: str
-    lr: float
-    weight_decay: float
-    warmup_steps: int
-    total_steps: int
-    min_lr_ratio: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    momentum: float = 0.9
-    trust_coefficient: float = 0.001
-
-    @classmethod
-    def from_cfg(cls, cfg: dict[str, Any], global_batch: int, steps_per_epoch: int, total_steps: int) -> "OptimConfig":
-        lr = cfg.get("lr") or scaled_lr(cfg["base_lr"], global_batch)
-        if cfg.get("warmup_epochs") is not None:
-            warmup = round(cfg["warmup_epochs"] * steps_per_epoch)
-        else:
-            warmup = round(cfg.get("warmup_fraction", 0.0) * total_steps)
-        min_lr = cfg.get("min_lr", 0.0)
-        check_optimizer_name(cfg.get("name", "adamw"))
-        return cls(name=cfg.get("name", "adamw"), lr=lr, weight_decay=cfg.get("weight_decay", 0.0),
-                   warmup_steps=min(warmup, total_steps), total_steps=total_steps, min_lr_ratio=min_lr / lr,
-                   betas=tuple(cfg.get("betas", (0.9, 0.999))), momentum=cfg.get("momentum", 0.9),
-                   trust_coefficient=cfg.get("trust_coefficient", 0.001))
+from selfsup.optim import OptimConfig, build_optimizer, param_groups, warmup_cosine
 
 
 def non_finite_terms(terms: dict[str, torch.Tensor]) -> list[str]:
@@ -71,9 +41,13 @@ class PretrainModule(pl.LightningModule):
         super().__init__()
         if nonfinite not in NONFINITE_POLICIES:
             raise ConfigError(f"trainer.nonfinite must be one of {NONFINITE_POLICIES}, got '{nonfinite}'")
-        self.backbone, self.objective, self.optim = backbone, objective, optim
-        self.nonfinite, self.max_consecutive_skips = nonfinite, max_consecutive_skips
-        self.skipped_steps, self._consecutive_skips = 0, 0
+        self.backbone = backbone
+        self.objective = objective
+        self.optim = optim
+        self.nonfinite = nonfinite
+        self.max_consecutive_skips = max_consecutive_skips
+        self.skipped_steps = 0
+        self._consecutive_skips = 0
         self._pending: list[tuple[int, list[str], torch.Tensor, Any]] = []
         self.register_buffer("skipped_samples", torch.zeros((), dtype=torch.long), persistent=False)
         if compile:  # in place, so parameter names (and checkpoints) are the same with and without it
@@ -90,7 +64,8 @@ class PretrainModule(pl.LightningModule):
         else:
             self._watch(terms)
         n = batch_size_of(batch)
-        self.log("train/loss", out.loss, batch_size=n, sync_dist=True)  # the global batch's loss (callbacks/progress.py shows it)
+        # the global batch's loss (callbacks/progress.py shows it)
+        self.log("train/loss", out.loss, batch_size=n, sync_dist=True)
         for name, value in out.metrics.items():
             self.log(f"train/{name}", value, batch_size=n)
         for name, value in self.objective.step_metrics().items():
@@ -161,18 +136,16 @@ class PretrainModule(pl.LightningModule):
         self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=n)
         for name, value in out.metrics.items():
             self.log(f"val/{name}", value, sync_dist=True, batch_size=n)
-        if getattr(self.objective, "reports_perplexity", False):
-            nll = out.metrics.get("mlm_loss", out.loss).detach().float()  # the language-model loss alone
-            self._val_nll = self._val_nll + torch.stack([nll * n, nll.new_tensor(float(n))])
+        self.objective.update_validation(out, n)
 
     def on_validation_epoch_start(self) -> None:
-        self._val_nll = torch.zeros(2, device=self.device)
+        self.objective.reset_validation()
 
     def on_validation_epoch_end(self) -> None:
-        """val/perplexity = exp(mean validation loss over the whole split and all processes)."""
-        if getattr(self.objective, "reports_perplexity", False) and self._val_nll[1] > 0:
-            total = self.trainer.strategy.reduce(self._val_nll, reduce_op="sum")
-            self.log("val/perplexity", torch.exp(total[0] / total[1]), sync_dist=False)
+        """The objective's metrics over the whole split (Objective.compute_validation), summed over processes."""
+        reduce_sum = lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
+        for name, value in self.objective.compute_validation(reduce_sum).items():
+            self.log(f"val/{name}", value, sync_dist=False)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)

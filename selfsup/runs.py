@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import csv
 import os
-import json
-import platform
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from selfsup.checkpoint_io import CheckpointError, load_checkpoint
+from omegaconf import DictConfig, OmegaConf
+
 from selfsup.errors import ConfigError
+from selfsup.instantiate import load_trusted_config
 
 CHECKPOINTS = "checkpoints"
 CONFIG = "config.yaml"
@@ -42,43 +39,35 @@ def run_dir_of(checkpoint: str | Path) -> Path:
     return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS else checkpoint.parent
 
 
+def run_folder(path: str | Path | None) -> Path:
+    """The run folder that `checkpoint=PATH` names (the folder, its checkpoints/ folder, or a .ckpt file in it),
+    found without reading any checkpoint; a one-line ConfigError when there is none or it has no config."""
+    if path in (None, "", "???"):
+        raise ConfigError("give checkpoint=PATH: a run folder (runs/<date>/<time>_<objective>) or a .ckpt file in it")
+    p = Path(str(path)).expanduser()
+    if p.is_dir():
+        run_dir = p.parent if p.name == CHECKPOINTS else p
+    elif p.is_file():
+        run_dir = run_dir_of(p)
+    else:
+        raise ConfigError(f"checkpoint={path}: no such file or folder; give a run folder or a .ckpt file")
+    if not (run_dir / CONFIG).is_file():
+        raise ConfigError(f"no {CONFIG} in run folder {run_dir}: the checkpoint's run config is needed to rebuild "
+                          f"its backbone; keep {p.name} inside its run folder (RUN/checkpoints/)")
+    return run_dir
+
+
+def trusted_config(run_dir: Path) -> DictConfig:
+    """A run folder's config, resolved and with every `_target_` checked (instantiate.load_trusted_config): the
+    only way selfsup reads a config it will build from."""
+    return load_trusted_config(run_dir / CONFIG)
+
+
 def kept_tokenizer(run_dir: str | Path) -> Path | None:
     """RUN/tokenizer.json, where the run keeps the tokenizer it trained with: resume, eval, embed and export read
     the same token ids from it, whatever has happened to the tokenizer cache or the corpus since."""
     path = Path(run_dir) / TOKENIZER
     return path if path.is_file() else None
-
-
-def newest_loadable(folder: Path) -> tuple[Path, int] | None:
-    """The most recent checkpoint in `folder` that loads, with its global step; corrupt ones are named and skipped.
-
-    Candidates are last.ckpt and the periodic step_*.ckpt, newest first by modification time.
-    """
-    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
-    for path in candidates:
-        try:
-            return path, int(load_checkpoint(path)["global_step"])
-        except (CheckpointError, KeyError, TypeError) as e:
-            print(f"warning: skipping checkpoint {path}: {e}", file=sys.stderr)
-    return None
-
-
-def resolve_resume(resume: str | None, run_dir: str | Path) -> tuple[Path, int] | None:
-    """The checkpoint to resume from and its step: `auto` = this run's newest loadable checkpoint, if any;
-    a run folder (its newest loadable checkpoint); or a .ckpt file."""
-    if not resume:
-        return None
-    if resume == "auto":
-        return newest_loadable(checkpoint_dir(run_dir))
-    path = Path(resume).expanduser()
-    if path.is_dir():
-        found = newest_loadable(checkpoint_dir(path))
-        if found is None:
-            raise ConfigError(f"resume={resume}: no loadable checkpoint in {checkpoint_dir(path)}")
-        return found
-    if not path.is_file():
-        raise ConfigError(f"resume={resume}: no checkpoint at {path}; give a .ckpt file, a run folder, or 'auto'")
-    return path, int(load_checkpoint(path)["global_step"])
 
 
 def trim_metrics(run_dir: str | Path, last_step: int) -> int:
@@ -112,45 +101,14 @@ def prepare_run_dir(run_dir: Path, min_free_gb: float) -> None:
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as e:
-        raise ConfigError(f"run folder {run_dir} is not writable ({e.strerror}); choose another with run_dir=PATH") from None
+        raise ConfigError(f"run folder {run_dir} is not writable ({e.strerror}); choose another with "
+                          "run_dir=PATH") from None
     for stale in checkpoint_dir(run_dir).glob(".*.tmp"):  # left by a process killed mid-save
         stale.unlink()
     free_gb = shutil.disk_usage(run_dir).free / 2**30
     if free_gb < min_free_gb:
         raise ConfigError(f"only {free_gb:.2f} GiB free for run folder {run_dir} (min_free_gb={min_free_gb}); "
                           "free some space or choose another run_dir")
-
-
-def _git_commit(repo: Path) -> str | None:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
-        if commit.returncode:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return commit.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-
-
-def record_run_info(run_dir: Path, resumed_from: str | None = None) -> dict:
-    """Append this start's facts to RUN/run_info.jsonl: what ran, from which code, on what."""
-    import pytorch_lightning
-    import timm
-    import torch
-
-    import selfsup
-
-    source = Path(selfsup.__file__).resolve().parents[1]
-    info = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(), "argv": sys.argv,
-        "selfsup": selfsup.__version__, "git_commit": _git_commit(source) if (source / ".git").exists() else None,
-        "python": platform.python_version(), "torch": torch.__version__, "lightning": pytorch_lightning.__version__,
-        "timm": timm.__version__, "cuda": torch.version.cuda, "resumed_from": resumed_from,
-    }
-    with (run_dir / RUN_INFO).open("a") as f:
-        f.write(json.dumps(info) + "\n")
-    return info
 
 
 def flatten(node: object, prefix: str = "") -> dict[str, object]:
@@ -168,7 +126,6 @@ def check_resume_config(run_dir: Path, new: dict) -> None:
     path = run_dir / CONFIG
     if not path.is_file():
         return
-    from omegaconf import OmegaConf
 
     old = flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
     new_flat = flatten(new)

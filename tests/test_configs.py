@@ -70,7 +70,8 @@ def test_no_source_or_config_file_is_git_ignored():
     root = CONFIG_DIR.parent
     if shutil.which("git") is None or not (root / ".git").exists():
         pytest.skip("not a git checkout")
-    ignored = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", "selfsup", "configs",
-                              "train.py", "bench", "tests"], cwd=root, capture_output=True, text=True, check=True).stdout
+    command = ["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", "selfsup", "configs", "train.py",
+               "bench", "tests"]
+    ignored = subprocess.run(command, cwd=root, capture_output=True, text=True, check=True).stdout
     ignored = [line for line in ignored.splitlines() if "__pycache__" not in line]
     assert not ignored, f"files a clone would miss: {ignored}"

@@ -25,7 +25,8 @@ class ResNet(nn.Module):
                  cifar_stem: bool | str = "auto", zero_init_residual: bool = True, **timm_kwargs) -> None:
         super().__init__()
         if not timm.is_model(name):
-            raise ConfigError(f"unknown timm model '{name}' for backbone.name; list ResNets with timm.list_models('resnet*')")
+            raise ConfigError(f"unknown timm model '{name}' for backbone.name; list ResNets with "
+                              "timm.list_models('resnet*')")
         not_resnet = ConfigError(f"timm model '{name}' is not a ResNet; pick a 'resnet*' model for backbone.name")
         try:
             self.net = timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=0,
@@ -41,7 +42,10 @@ class ResNet(nn.Module):
             self.net.conv1 = nn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1, bias=False)
             self.net.bn1 = nn.BatchNorm2d(width)
             self.net.maxpool = nn.Identity()
-        self.name, self.img_size, self.in_chans, self.cifar_stem = name, img_size, in_chans, bool(cifar_stem)
+        self.name = name
+        self.img_size = img_size
+        self.in_chans = in_chans
+        self.cifar_stem = bool(cifar_stem)
 
     @property
     def num_features(self) -> int:

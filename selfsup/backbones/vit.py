@@ -6,9 +6,9 @@ patch projection, so masked patches cost neither the projection nor any transfor
 from __future__ import annotations
 
 import timm
-from timm.models.vision_transformer import VisionTransformer
 import torch
 import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from selfsup.backbones.pos_embed import sincos_2d
@@ -47,7 +47,8 @@ class ViT(nn.Module):
     ) -> None:
         super().__init__()
         if not timm.is_model(name):
-            raise ConfigError(f"unknown timm model '{name}' for backbone.name; list ViTs with timm.list_models('vit_*')")
+            raise ConfigError(f"unknown timm model '{name}' for backbone.name; list ViTs with "
+                              "timm.list_models('vit_*')")
         patch = auto_patch_size(img_size) if patch_size == "auto" else int(patch_size)
         if img_size % patch:
             raise ConfigError(
@@ -68,7 +69,11 @@ class ViT(nn.Module):
             raise not_vit from e
         if not isinstance(self.vit, VisionTransformer):
             raise not_vit
-        self.name, self.img_size, self.patch_size, self.in_chans, self.pool = name, img_size, patch, in_chans, pool
+        self.name = name
+        self.img_size = img_size
+        self.patch_size = patch
+        self.in_chans = in_chans
+        self.pool = pool
         self.grid = (img_size // patch, img_size // patch)
         self.num_patches = self.grid[0] * self.grid[1]
         self.embed_dim = self.vit.embed_dim

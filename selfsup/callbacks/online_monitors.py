@@ -9,7 +9,8 @@ and zero-shot classification and retrieval for CLIP runs on image-text data.
   batches of the epoch) and `val/linear_top1` every epoch. Its weights, optimizer and running counts are
   callback state, so they are in every checkpoint and a resumed run continues the same probe. Nothing of it
   touches the backbone's gradients: it runs after the optimizer step on detached features.
-- `ZeroShotMonitor`: a CLIP run's zero-shot accuracy on the validation images' labels (or on another labelled
+- `ZeroShotMonitor`: for objectives whose eval model is image-text (a dual encoder), zero-shot accuracy on the
+  validation images' labels (or on another labelled
   image source, `monitors.zero_shot.data`) and its image <-> text retrieval on the validation pairs
   (evaluation/zero_shot.py).
 
@@ -29,14 +30,17 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_warn
 
-from selfsup.data.base import spread_indices
+from selfsup.data.datamodule import spread_indices
 from selfsup.errors import ConfigError
 from selfsup.evaluation.features import FeatureSet, extract, num_classes_of
 from selfsup.evaluation.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_accuracy
 from selfsup.evaluation.linear import LinearProbe, evaluate_probe, make_optimizer
-from selfsup.evaluation.zero_shot import (DEFAULT_TEMPLATES, class_embeddings, class_names_of, dual_encoder_metrics,
-                                          pair_ids)
-from selfsup.objectives.clip import CLIP, DualEncoder
+from selfsup.evaluation.zero_shot import (
+    DEFAULT_TEMPLATES,
+    class_embeddings,
+    dual_encoder_metrics,
+    pair_ids,
+)
 
 AUTO_CAPS = {"cuda": {"train": 50_000, "val": 10_000}, "cpu": {"train": 512, "val": 256}}
 
@@ -81,6 +85,11 @@ def log_row(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
         logger.log_metrics(row, step=max(0, trainer.global_step - 1))
 
 
+def eval_model(pl_module: pl.LightningModule) -> torch.nn.Module:
+    """The model the objective is evaluated with (Objective.eval_model): its backbone, or more (a dual encoder)."""
+    return pl_module.objective.eval_model(pl_module.backbone)
+
+
 class EvalFeatures(pl.Callback):
     """Features of the evaluation splits at the current step, computed once for all monitors.
 
@@ -94,7 +103,8 @@ class EvalFeatures(pl.Callback):
                  encoder: Callable[[pl.LightningModule], torch.nn.Module] = lambda module: module.backbone,
                  data: Any = None) -> None:
         self.caps = {"train": max_train_samples, "val": max_val_samples}
-        self.batch_size, self.encoder = batch_size, encoder
+        self.batch_size = batch_size
+        self.encoder = encoder
         self.data = data  # None: the training run's data module
         self._cache: dict[str, tuple[int, FeatureSet | None]] = {}
 
@@ -124,7 +134,7 @@ class EvalFeatures(pl.Callback):
             g = pl_module.all_gather(t)  # (world, per_rank, ...): row j of rank r is sample j * world + r
             return g.transpose(0, 1).reshape(world * per_rank, *g.shape[2:])[: len(chosen)]
 
-        return FeatureSet(in_order(feats.features), in_order(feats.labels), in_order(feats.index))
+        return feats.map(in_order)
 
     def clear(self) -> None:
         self._cache.clear()
@@ -146,7 +156,9 @@ class KNNMonitor(pl.Callback):
         if temperature <= 0:
             raise ConfigError(f"monitors.knn.temperature must be positive, got {temperature}")
         self.features = features or EvalFeatures()
-        self.every_n_epochs, self.k, self.temperature = every_n_epochs, [int(v) for v in k], temperature
+        self.every_n_epochs = every_n_epochs
+        self.k = [int(v) for v in k]
+        self.temperature = temperature
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         bank = self.features.get(trainer, pl_module, "train")
@@ -169,7 +181,10 @@ class LinearProbeMonitor(pl.Callback):
                  weight_decay: float = 0.0, momentum: float = 0.9) -> None:
         make_optimizer(optimizer, [torch.zeros(1, requires_grad=True)], lr)  # fails early on a bad name
         self.features = features or EvalFeatures()
-        self.optimizer_name, self.lr, self.weight_decay, self.momentum = optimizer, lr, weight_decay, momentum
+        self.optimizer_name = optimizer
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.momentum = momentum
         self.probe: LinearProbe | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending: dict[str, Any] | None = None
@@ -229,7 +244,8 @@ class LinearProbeMonitor(pl.Callback):
         self.optimizer.step()
         correct = ((logits.argmax(1) == labels) & keep).sum()
         if self._correct is None:
-            self._correct, self._seen = torch.zeros_like(correct), torch.zeros_like(correct)
+            self._correct = torch.zeros_like(correct)
+            self._seen = torch.zeros_like(correct)
         self._correct += correct
         self._seen += keep.sum()
 
@@ -270,11 +286,12 @@ class LinearProbeMonitor(pl.Callback):
 
 
 class ZeroShotMonitor(pl.Callback):
-    """CLIP runs: zero-shot top-1 / top-5 on labelled validation images (class names x prompt templates) and
+    """Image-text eval models (Objective.eval_model; a dual encoder): zero-shot top-1 / top-5 on labelled
+    validation images (class names x prompt templates) and
     image <-> text Recall@1/5/10 on the held-out pairs (evaluation/zero_shot.py), every N epochs and at the end of
     training. The labelled images are `data` (e.g. an ImageNet validation folder, as open_clip evaluates during
     training), else the training data's own labels. Retrieval ranks each query among the (capped) validation
-    pairs. Inert for objectives without a text tower."""
+    pairs. Inert for objectives whose eval model is not image-text."""
 
     def __init__(self, every_n_epochs: int = 1, templates: Sequence[str] | None = None,
                  max_val_samples: int | str | None = "auto", batch_size: int | None = None, data: Any = None) -> None:
@@ -282,33 +299,32 @@ class ZeroShotMonitor(pl.Callback):
             raise ConfigError(f"monitors.zero_shot.every_n_epochs must be >= 0, got {every_n_epochs}")
         self.every_n_epochs = every_n_epochs
         self.templates = list(templates or DEFAULT_TEMPLATES)
-        dual = lambda module: DualEncoder(module.backbone, module.objective)  # noqa: E731
-        self.pairs = EvalFeatures(max_val_samples=max_val_samples, batch_size=batch_size, encoder=dual)
-        self.labelled = EvalFeatures(max_val_samples=max_val_samples, batch_size=batch_size, encoder=dual,
+        self.pairs = EvalFeatures(max_val_samples=max_val_samples, batch_size=batch_size, encoder=eval_model)
+        self.labelled = EvalFeatures(max_val_samples=max_val_samples, batch_size=batch_size, encoder=eval_model,
                                      data=data) if data is not None else None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not isinstance(pl_module.objective, CLIP) or not due(trainer, self.every_n_epochs):
+        dual = eval_model(pl_module)
+        if getattr(dual, "modality", None) != "image-text" or not due(trainer, self.every_n_epochs):
             return
         own = trainer.datamodule
-        dual = DualEncoder(pl_module.backbone, pl_module.objective)
         class_emb = self._class_embeddings(own if self.labelled is None else self.labelled.data, dual, pl_module,
                                            trainer)
         metrics: dict[str, float] = {}
         if self.labelled is not None:
             images = self.labelled.get(trainer, pl_module, "val")
-            metrics.update(dual_encoder_metrics(images, dual.embed_dim, class_emb))
+            metrics.update(dual_encoder_metrics(images, class_emb))
             class_emb = None  # the training data's own labels are not classified then
         pairs = self.pairs.get(trainer, pl_module, "val")
         if pairs is not None:
-            metrics.update(dual_encoder_metrics(pairs, dual.embed_dim, class_emb, pair_ids(own, "val", pairs.index)))
+            metrics.update(dual_encoder_metrics(pairs, class_emb, pair_ids(own, "val", pairs.index)))
         self.pairs.clear()
         if self.labelled is not None:
             self.labelled.clear()
         if metrics:
             log_row(trainer, {f"val/{name}": value for name, value in metrics.items()})
 
-    def _class_embeddings(self, data: Any, dual: DualEncoder, pl_module: pl.LightningModule,
+    def _class_embeddings(self, data: Any, dual: torch.nn.Module, pl_module: pl.LightningModule,
                           trainer: pl.Trainer) -> torch.Tensor | None:
         names = data.class_names() if hasattr(data, "class_names") else None
         if not names:
@@ -319,59 +335,3 @@ class ZeroShotMonitor(pl.Callback):
                                     pl_module.device, trainer.precision_plugin.forward_context)
         finally:
             dual.train()
-
-
-def zero_shot_data(node: Any, train_data: Any, seed: int) -> Any:
-    """monitors.zero_shot.data built for the run: labelled images at the run's image size, channel count and
-    normalisation (what the image tower expects), checked before training starts."""
-    from omegaconf import OmegaConf
-
-    from selfsup.checks import target_attr
-    from selfsup.evaluation.data import check_labelled
-    from selfsup.evaluation.protocol import EVAL_VIEWS
-    from selfsup.train import build
-
-    what = "monitors.zero_shot.data"
-    node = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
-    if target_attr(node, "modality", "image") != "image":
-        raise ConfigError(f"{what} must be labelled image data, got {node._target_}; e.g. "
-                          f"data@{what}=image_folder {what}.root=DIR")
-    node.image_size, node.channels = train_data.image_size, train_data.channels
-    node.mean, node.std = train_data.mean.flatten().tolist(), train_data.std.flatten().tolist()
-    data = build(node, views=EVAL_VIEWS, seed=seed, _convert_="all")
-    data.setup()
-    check_labelled(data, what)
-    class_names_of(data, what)
-    return data
-
-
-def build_monitors(cfg: Any, data: Any, seed: int = 0) -> list[pl.Callback]:
-    """The monitors of `cfg.monitors` for this data module: none when disabled, or (`enabled: auto`) when the
-    data has no labels; `enabled: true` on unlabelled data is an error."""
-    if cfg is None or data is None:
-        return []
-    enabled = cfg.get("enabled", "auto")
-    if enabled not in ("auto", True, False):
-        raise ConfigError(f"monitors.enabled must be auto, true or false, got '{enabled}'")
-    if enabled is False:
-        return []
-    from omegaconf import OmegaConf
-
-    from selfsup.train import build
-
-    monitors: list[pl.Callback] = []
-    zero_shot = cfg.get("zero_shot")
-    if data.modality == "image-text" and zero_shot is not None:  # needs captions, not labels
-        labelled = zero_shot_data(zero_shot.data, data, seed) if zero_shot.get("data") is not None else None
-        settings = {key: value for key, value in zero_shot.items() if key != "data"}
-        monitors.append(build(OmegaConf.create(settings), max_val_samples=cfg.get("max_val_samples", "auto"),
-                              batch_size=cfg.get("batch_size"), data=labelled, _convert_="all"))
-    if not data.has_labels():
-        if enabled is True:
-            raise ConfigError(f"monitors.enabled=true needs labelled data, and {data.source} has no labels; "
-                              "set monitors.enabled=auto or false")
-        return monitors
-    features = EvalFeatures(cfg.get("max_train_samples", "auto"), cfg.get("max_val_samples", "auto"),
-                            cfg.get("batch_size"))
-    probes = [build(cfg[name], features=features) for name in ("knn", "linear") if cfg.get(name) is not None]
-    return [*monitors, *probes, features] if probes else monitors

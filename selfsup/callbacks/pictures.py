@@ -11,7 +11,6 @@ from torchvision.utils import save_image
 
 from selfsup.objectives.base import Objective
 
-
 MIN_WIDTH = 384
 
 
@@ -24,7 +23,9 @@ class Pictures(pl.Callback):
     """Saves `pictures/step_XXXXXXX.png` in the run folder from a fixed validation batch, and logs it to wandb."""
 
     def __init__(self, folder: str | Path, every_n_epochs: int = 5, num_images: int = 8) -> None:
-        self.folder, self.every_n_epochs, self.num_images = Path(folder), every_n_epochs, num_images
+        self.folder = Path(folder)
+        self.every_n_epochs = every_n_epochs
+        self.num_images = num_images
         self._batch: dict[str, Any] | None = None
 
     def _fixed_batch(self, trainer: pl.Trainer, device: torch.device) -> dict[str, Any] | None:

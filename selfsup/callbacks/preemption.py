@@ -15,15 +15,19 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from selfsup.callbacks.checkpoint import RunCheckpoint
+from selfsup.callbacks.run_checkpoint import RunCheckpoint
+from selfsup.errors import ConfigError
 
 SIGNALS = ("SIGUSR1", "SIGTERM")
 
 
 class Preemption(pl.Callback):
-    def __init__(self, checkpoint: RunCheckpoint, signals: tuple[str, ...] = SIGNALS, requeue: bool = True,
-                 check_every_n_steps: int = 1) -> None:
-        self.checkpoint, self.requeue = checkpoint, requeue
+    """Saves through the run's RunCheckpoint (found among the trainer's callbacks), so that it is also the one
+    frozen afterwards."""
+
+    def __init__(self, signals: tuple[str, ...] = SIGNALS, requeue: bool = True, check_every_n_steps: int = 1) -> None:
+        self.requeue = requeue
+        self.checkpoint: RunCheckpoint | None = None
         self.signals = [getattr(signal, name) for name in signals]
         self.check_every_n_steps = max(1, check_every_n_steps)
         self.received: int | None = None
@@ -31,6 +35,13 @@ class Preemption(pl.Callback):
 
     def _flag(self, signum: int, frame: Any) -> None:
         self.received = signum
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        found = [cb for cb in trainer.callbacks if isinstance(cb, RunCheckpoint)]
+        if not found:
+            raise ConfigError("callbacks.preemption needs callbacks.run_checkpoint, which writes the checkpoint it "
+                              "saves on a signal; keep both, or set callbacks.preemption=null")
+        self.checkpoint = found[0]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for signum in self.signals:

@@ -24,7 +24,6 @@ from torchvision.ops import roi_align
 from selfsup import keyed_random
 from selfsup.errors import ConfigError
 
-VIEW_STREAM = 16  # keyed_random stream of view 0; view v uses VIEW_STREAM + v (MAE masks use 1, MLM 2)
 CROP_TRIES = 10
 # Layout of each sample's uniform numbers: 4 per crop try, then the flip and the photometric draws.
 _CROP, _FLIP = 0, 4 * CROP_TRIES
@@ -65,7 +64,7 @@ class ViewSpec:
 
 def draws(keys: torch.Tensor, view_number: int) -> torch.Tensor:
     """Each sample's NUM_UNIFORMS numbers in [0, 1) for one view."""
-    return keyed_random.uniform(keys, NUM_UNIFORMS, stream=VIEW_STREAM + view_number)
+    return keyed_random.uniform(keys, NUM_UNIFORMS, stream=keyed_random.VIEW_STREAM + view_number)
 
 
 # -- geometry ------------------------------------------------------------------------------------------------
@@ -240,7 +239,10 @@ class CPUView:
     (`stages="geometric"`, when the GPU does the rest but images differ in size and must be cropped to batch)."""
 
     def __init__(self, spec: ViewSpec, view_number: int, size: int, stages: str = "all") -> None:
-        self.spec, self.view_number, self.size, self.stages = spec, view_number, size, stages
+        self.spec = spec
+        self.view_number = view_number
+        self.size = size
+        self.stages = stages
 
     def __call__(self, image: torch.Tensor, key: int) -> torch.Tensor:
         keys = torch.tensor([key], dtype=torch.int64)

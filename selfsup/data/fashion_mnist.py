@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from selfsup.data.base import ImageDataModule, TensorImages
+from selfsup.data.datamodule import ImageDataModule, TensorImages
 from selfsup.errors import DataError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -57,7 +57,8 @@ class FashionMNIST(ImageDataModule):
         if channels == 3 and len(mean) == 1:  # gray images as RGB, for backbones pretrained on colour (CLIP)
             mean, std = tuple(mean) * 3, tuple(std) * 3
         super().__init__(image_size=image_size, channels=channels, mean=mean, std=std, **kwargs)
-        self.root, self.download = (Path(root).expanduser() if root else None), download
+        self.root = Path(root).expanduser() if root else None
+        self.download = download
 
     def search_dirs(self) -> list[Path]:
         dirs = [self.root, self.root / "FashionMNIST" / "raw"] if self.root else []

@@ -7,7 +7,7 @@ from pathlib import Path
 import torchvision
 from torch.utils.data import Dataset
 
-from selfsup.data.base import ImageDataModule
+from selfsup.data.datamodule import ImageDataModule
 from selfsup.data.decode import open_image
 from selfsup.errors import ConfigError, DataError
 
@@ -21,7 +21,9 @@ class ImageFolder(ImageDataModule):
         super().__init__(**kwargs)
         if not root:
             raise ConfigError("data=image_folder needs data.root=DIR, a folder with one sub-folder of images per class")
-        self.root, self.train_dir, self.val_dir = Path(root).expanduser(), train_dir, val_dir
+        self.root = Path(root).expanduser()
+        self.train_dir = train_dir
+        self.val_dir = val_dir
 
     def _folder(self, path: Path) -> Dataset:
         try:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from selfsup.data.base import ImageDataModule
+from selfsup.data.datamodule import ImageDataModule
 from selfsup.data.image_text_datasets import Captions, PairFiles, Pairs, read_manifest
 from selfsup.data.text_datasets import file_identity, holdout
 from selfsup.data.tokenizer import Tokenized, tokenizer_settings
@@ -40,7 +40,8 @@ class ImageTextDataModule(Tokenized, ImageDataModule):
         if not 0.0 <= val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must lie in [0, 1), got {val_fraction}")
         self.tokenizer_cfg = tokenizer_settings(dict(tokenizer) if tokenizer is not None else None)
-        self.context_length, self.val_fraction = context_length, val_fraction
+        self.context_length = context_length
+        self.val_fraction = val_fraction
         self._splits: tuple[Pairs, Pairs] | None = None
 
     # -- what subclasses provide -------------------------------------------------------------------------
@@ -108,7 +109,8 @@ class ImageTextManifest(ImageTextDataModule):
                  caption_key: str = "caption", label_key: str | None = None, check_paths: bool = True,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.manifest, self.val_manifest = manifest, val_manifest
+        self.manifest = manifest
+        self.val_manifest = val_manifest
         self.keys = {"image_key": image_key, "caption_key": caption_key, "label_key": label_key,
                      "check_paths": check_paths}
 

@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import Dataset
 
 from selfsup.data.decode import open_image
+from selfsup.data_facts import TokenizerInfo
 from selfsup.errors import ConfigError, DataError
-from selfsup.token_ids import TokenizerInfo
 
 
 @dataclass
@@ -41,7 +41,9 @@ class Captions:
     """A caption as fixed-length token ids: [CLS] its first context_length - 2 tokens [SEP], then [PAD]s."""
 
     def __init__(self, tokenizer: Any, info: TokenizerInfo, context_length: int) -> None:
-        self.tokenizer, self.info, self.context_length = tokenizer, info, context_length
+        self.tokenizer = tokenizer
+        self.info = info
+        self.context_length = context_length
 
     def __call__(self, caption: str) -> dict[str, torch.Tensor]:
         body = self.tokenizer.encode(caption, add_special_tokens=False).ids[: self.context_length - 2]
@@ -57,7 +59,10 @@ class PairFiles(Dataset):
     """(image, {input_ids, attention_mask[, label]}) of pair i; `samples` lets errors name the image file."""
 
     def __init__(self, pairs: Pairs, captions: Captions, classes: list[str] | None, channels: int) -> None:
-        self.pairs, self.captions, self.classes, self.channels = pairs, captions, classes, channels
+        self.pairs = pairs
+        self.captions = captions
+        self.classes = classes
+        self.channels = channels
         self.samples = [(path, None) for path in pairs.paths]
         index = {name: i for i, name in enumerate(classes or [])}
         self.targets = [index[name] for name in pairs.labels] if pairs.labels is not None and classes else None

@@ -62,7 +62,8 @@ class OpenClipart(ImageTextManifest):
                 except OSError as e:
                     raise DataError(f"cannot write the openclipart manifests to {folder}: {e.strerror or e}; set "
                                     "data.cache_dir to a writable folder") from None
-            self.manifest, self.val_manifest = str(train), str(val)
+            self.manifest = str(train)
+            self.val_manifest = str(val)
         return self.manifest, self.val_manifest
 
 

@@ -29,8 +29,13 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
     def __init__(self, size: int, batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = True,
                  rank: int | None = None, world_size: int | None = None) -> None:
-        self.size, self.batch_size, self.seed, self.shuffle, self.drop_last = size, batch_size, seed, shuffle, drop_last
-        self._rank, self._world = rank, world_size
+        self.size = size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self._rank = rank
+        self._world = world_size
         self.epoch = 0
         self.skip_batches = 0
 
@@ -46,7 +51,8 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.epoch = epoch
 
     def resume(self, epoch: int, batches_done: int) -> None:
-        self.epoch, self.skip_batches = epoch, batches_done
+        self.epoch = epoch
+        self.skip_batches = batches_done
 
     def _indices(self) -> list[int]:
         if not self.shuffle:
@@ -101,7 +107,11 @@ class KeyedViews(Dataset):
 
     def __init__(self, base: Dataset, views: dict[str, Callable[[Any, int], torch.Tensor]], seed: int = 0,
                  on_error: str = "skip", source: str = "the dataset") -> None:
-        self.base, self.views, self.seed, self.on_error, self.source = base, views, seed, on_error, source
+        self.base = base
+        self.views = views
+        self.seed = seed
+        self.on_error = on_error
+        self.source = source
 
     def __len__(self) -> int:
         return len(self.base)

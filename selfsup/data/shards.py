@@ -20,7 +20,6 @@ from selfsup.data.sampling import READ_ERRORS
 from selfsup.errors import DataError
 from selfsup.keyed_random import sample_key
 
-
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
 
@@ -73,7 +72,10 @@ class PairDecoder:
 
     def __init__(self, views: dict[str, Callable[[Any, int], torch.Tensor]], captions: Captions, channels: int,
                  seed: int) -> None:
-        self.views, self.captions, self.channels, self.seed = views, captions, channels, seed
+        self.views = views
+        self.captions = captions
+        self.channels = channels
+        self.seed = seed
 
     def __call__(self, raw: dict[str, Any], epoch: int) -> dict[str, Any] | None:
         ext = next((e for e in IMAGE_EXTENSIONS if e in raw), None)
@@ -103,14 +105,26 @@ class ShardStream(IterableDataset):
     def __init__(self, shards: list[str], decode: PairDecoder, batch_size: int,
                  collate: Callable[[list[dict[str, Any]]], dict[str, Any]], seed: int = 0,
                  shuffle_buffer: int = 0, train: bool = True) -> None:
-        self.shards, self.decode, self.batch_size, self.collate = shards, decode, batch_size, collate
-        self.seed, self.shuffle_buffer, self.train = seed, shuffle_buffer, train
-        self.rank, self.world, self.workers, self.start_pass, self.batches_per_worker = 0, 1, 1, 0, 1
+        self.shards = shards
+        self.decode = decode
+        self.batch_size = batch_size
+        self.collate = collate
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.train = train
+        self.rank = 0
+        self.world = 1
+        self.workers = 1
+        self.start_pass = 0
+        self.batches_per_worker = 1
         self._batches: Iterator[dict[str, Any]] | None = None
 
     def place(self, rank: int, world: int, workers: int, batches_per_worker: int, start_pass: int = 0) -> None:
-        self.rank, self.world, self.workers = rank, world, max(1, workers)
-        self.batches_per_worker, self.start_pass = batches_per_worker, start_pass
+        self.rank = rank
+        self.world = world
+        self.workers = max(1, workers)
+        self.batches_per_worker = batches_per_worker
+        self.start_pass = start_pass
         self._batches = None
 
     def __len__(self) -> int:

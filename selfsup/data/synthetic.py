@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from selfsup.data.base import ImageDataModule, TensorImages
+from selfsup.data.datamodule import ImageDataModule, TensorImages
 
 
 def make_images(n: int, channels: int, size: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,7 +25,9 @@ class Synthetic(ImageDataModule):
         kwargs.setdefault("mean", (0.5,) * channels)
         kwargs.setdefault("std", (0.25,) * channels)
         super().__init__(image_size=image_size, channels=channels, **kwargs)
-        self.num_samples, self.num_val_samples, self.num_classes = num_samples, num_val_samples, num_classes
+        self.num_samples = num_samples
+        self.num_val_samples = num_val_samples
+        self.num_classes = num_classes
 
     def load(self) -> tuple[Dataset, Dataset]:
         train = make_images(self.num_samples, self.channels, self.image_size, self.num_classes, seed=1)

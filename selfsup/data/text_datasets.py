@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from selfsup.data_facts import TokenizerInfo
 from selfsup.errors import ConfigError, DataError
 from selfsup.keyed_random import sample_key
-from selfsup.token_ids import TokenizerInfo
 
 ENCODE_CHUNK = 10_000  # documents per encode_batch call, which bounds the memory of Encoding objects
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -74,7 +74,8 @@ class TokenArrays:
     """Variable-length token sequences in one flat int32 array plus offsets: compact, and shared by forked workers."""
 
     def __init__(self, tokens: np.ndarray, offsets: np.ndarray) -> None:
-        self.tokens, self.offsets = tokens, offsets
+        self.tokens = tokens
+        self.offsets = offsets
 
     @classmethod
     def encode(cls, tokenizer: Any, texts: Sequence[str]) -> "TokenArrays":
@@ -109,7 +110,11 @@ class LineDataset(Dataset):
 
     def __init__(self, docs: TokenArrays, labels: np.ndarray | None, max_length: int, info: TokenizerInfo,
                  seed: int) -> None:
-        self.docs, self.labels, self.max_length, self.info, self.seed = docs, labels, max_length, info, seed
+        self.docs = docs
+        self.labels = labels
+        self.max_length = max_length
+        self.info = info
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.docs)
@@ -132,7 +137,10 @@ class BlockDataset(Dataset):
         starts = ends - lengths - 1
         for d in range(len(docs)):  # documents with their tokens, the [SEP]s already in place
             stream[starts[d] : starts[d] + lengths[d]] = docs[d]
-        self.stream, self.block, self.info, self.seed = stream, max_length - 2, info, seed
+        self.stream = stream
+        self.block = max_length - 2
+        self.info = info
+        self.seed = seed
 
     def __len__(self) -> int:
         return -(-len(self.stream) // self.block)
@@ -166,7 +174,10 @@ class PairDataset(Dataset):
                  seed: int) -> None:
         if len(doc_segments) < 3:
             raise DataError("next-sentence pairs need at least 2 documents with text; use a larger corpus")
-        self.segments, self.doc_segments, self.info, self.seed = segments, doc_segments, info, seed
+        self.segments = segments
+        self.doc_segments = doc_segments
+        self.info = info
+        self.seed = seed
         self.budget = max_length - 3
         lengths = segments.lengths()
         chunks = []

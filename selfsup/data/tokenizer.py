@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterable, Mapping
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, trainers
 from tokenizers.models import WordPiece
 
+from selfsup.data_facts import TokenizerInfo
 from selfsup.errors import ConfigError, DataError
-from selfsup.token_ids import TokenizerInfo
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # a trained tokenizer gives them ids 0..4 in this order
@@ -238,7 +238,7 @@ class Tokenized:
     tokenizer_path: Any = None
     _tokenizer: Any = None
     _info: TokenizerInfo | None = None
-    log_info: Callable[[str], None]  # the data module's (data/base.py)
+    log_info: Callable[[str], None]  # the data module's (data/datamodule.py)
 
     def tokenizer_corpus(self) -> tuple[Any, Callable[[], Iterable[str]], int | None]:  # pragma: no cover
         """(identity for the cache key, the training texts, their number): read only when training is needed."""

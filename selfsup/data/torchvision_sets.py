@@ -6,7 +6,7 @@ from pathlib import Path
 import torchvision
 from torch.utils.data import Dataset
 
-from selfsup.data.base import ImageDataModule
+from selfsup.data.datamodule import ImageDataModule
 from selfsup.errors import ConfigError, DataError
 
 CIFAR_STATS = {
@@ -29,7 +29,10 @@ class TorchvisionImages(ImageDataModule):
         kwargs.setdefault("mean", mean)
         kwargs.setdefault("std", std)
         super().__init__(image_size=image_size or (96 if dataset == "stl10" else 32), channels=channels, **kwargs)
-        self.dataset, self.root, self.download, self.stl10_train_split = dataset, Path(root), download, stl10_train_split
+        self.dataset = dataset
+        self.root = Path(root)
+        self.download = download
+        self.stl10_train_split = stl10_train_split
         self.name = dataset
 
     def _make(self, split: str) -> Dataset:

@@ -23,8 +23,15 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from selfsup.data.image_text import ImageTextDataModule
-from selfsup.data.shards import (IMAGE_EXTENSIONS, PairDecoder, ShardStream, count_pairs, expand_urls,
-                                 read_captions, stream_layout)
+from selfsup.data.shards import (
+    IMAGE_EXTENSIONS,
+    PairDecoder,
+    ShardStream,
+    count_pairs,
+    expand_urls,
+    read_captions,
+    stream_layout,
+)
 from selfsup.data.text_datasets import file_identity
 from selfsup.data.views import eval_views, worker_views
 from selfsup.errors import ConfigError, DataError
@@ -38,9 +45,13 @@ class WebDatasetPairs(ImageTextDataModule):
     def __init__(self, urls: str | Sequence[str] | None = None, val_urls: str | Sequence[str] | None = None,
                  num_samples: int | None = None, shuffle_buffer: int = 2000, **kwargs: Any) -> None:
         super().__init__(val_fraction=0.0, **kwargs)
-        self.train_shards, self.val_shards = expand_urls(urls), expand_urls(val_urls)
-        self.urls, self.num_samples, self.shuffle_buffer = urls, num_samples, shuffle_buffer
-        self.val_samples, self.world = 0, 1
+        self.train_shards = expand_urls(urls)
+        self.val_shards = expand_urls(val_urls)
+        self.urls = urls
+        self.num_samples = num_samples
+        self.shuffle_buffer = shuffle_buffer
+        self.val_samples = 0
+        self.world = 1
 
     @property
     def source(self) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from selfsup.data.text import TextDataModule
+from selfsup.data.text_corpora import TextDataModule
 from selfsup.data.text_datasets import Corpus, file_identity
 from selfsup.errors import DataError
 

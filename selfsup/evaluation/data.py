@@ -5,71 +5,25 @@ have its channel count; text data keeps the run's tokenizer (token ids are only 
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from selfsup import runs
 from selfsup.checks import target_attr
-from selfsup.errors import ConfigError, DataError, SelfsupError
-from selfsup.evaluation.checkpoint import Pretrained
+from selfsup.errors import ConfigError, DataError
+from selfsup.evaluation.pretrained import Pretrained
 
 # What data each kind of model evaluates on: image backbones also read the images of image-text pairs, and a
 # CLIP DualEncoder also classifies plain labelled images (zero-shot).
 READS = {"image": ("image", "image-text"), "text": ("text",), "image-text": ("image-text", "image")}
 
 
-def run_tokenizer_path(run_cfg: DictConfig, run_dir: Path | None = None) -> str | None:
-    """The tokenizer file a text or image-text run trained with: the copy in its run folder, else (runs from
-    before that copy) the data.tokenizer.path it was given, or the one cached for its corpus."""
-    from selfsup.train import build
-
-    kept = runs.kept_tokenizer(run_dir) if run_dir is not None else None
-    if kept is not None:
-        return str(kept)
-    given = OmegaConf.select(run_cfg, "data.tokenizer.path")
-    if given:
-        return str(given)
-    data = build(run_cfg.data, _convert_="all")
-    _ = data.tokenizer  # loads (or finds in the cache) the tokenizer trained on the run's corpus
-    return str(data.tokenizer_path) if data.tokenizer_path else None
-
-
-def run_captions(run_cfg: DictConfig, run_dir: Path | None = None) -> Any:
-    """A CLIP run's caption tokenizer (data/image_text.Captions): its tokenizer file and context length."""
-    from selfsup.data.image_text import Captions
-    from selfsup.data.tokenizer import resolve_tokenizer, tokenizer_settings
-
-    path = run_tokenizer_path(run_cfg, run_dir)
-    if path is None:
-        raise ConfigError("the run's data has no tokenizer; zero-shot evaluation needs a CLIP run")
-    settings = tokenizer_settings({**OmegaConf.to_container(run_cfg.data.tokenizer), "path": path})
-    tokenizer, _, info = resolve_tokenizer(settings, corpus=lambda: None)  # loads the file: no corpus needed
-    return Captions(tokenizer, info, int(OmegaConf.select(run_cfg, "data.context_length", default=77)))
-
-
-def pretraining_normalization(run_cfg: DictConfig) -> tuple[list[float], list[float]] | None:
-    """The per-channel mean and std the run's images were normalised with, which its backbone expects of any
-    images it embeds later (as CLIP and timm models carry their preprocessing); None where the run's data
-    config cannot be built here or has no images."""
-    from hydra.errors import InstantiationException
-
-    from selfsup.train import build
-
-    try:
-        data = build(run_cfg.data, _convert_="all")  # the constructor only: nothing is read
-    except (SelfsupError, InstantiationException):
-        return None
-    if not hasattr(data, "mean"):
-        return None
-    return data.mean.flatten().tolist(), data.std.flatten().tolist()
-
-
-def eval_data_node(data_cfg: DictConfig | None, pre: Pretrained) -> DictConfig:
+def eval_data_node(data_cfg: DictConfig | None, pre: Pretrained, tokenizer: Callable[[], str | None],
+                   normalization: Callable[[], tuple[list[float], list[float]] | None]) -> DictConfig:
     """The data config to build: `data_cfg` (a `data=` choice) or the run's, with the backbone's input shape and
-    the run's tokenizer."""
+    the run's tokenizer (`tokenizer()`: its file) and, for other image data, the run's image normalisation
+    (`normalization()`: mean and std, or None where unknown)."""
     run_cfg, backbone = pre.run_cfg, pre.backbone
     given = data_cfg is not None
     node = OmegaConf.create(OmegaConf.to_container(data_cfg if given else run_cfg.data, resolve=True))
@@ -90,27 +44,14 @@ def eval_data_node(data_cfg: DictConfig | None, pre: Pretrained) -> DictConfig:
         if chans is not None and data_chans != chans:
             raise ConfigError(f"the backbone takes {chans}-channel images but the data gives {data_chans}; pick data "
                               f"with {chans} channels (data.channels={chans} where the source can convert)")
-        norm = pretraining_normalization(run_cfg) if given else None
+        norm = normalization() if given else None
         if norm is not None and len(norm[0]) == data_chans:  # the backbone expects its pretraining input scale
             node.mean, node.std = norm
     if modality != "image" and node.get("tokenizer") is not None:  # token ids mean the run's tokens
-        node.tokenizer.path = run_tokenizer_path(run_cfg, pre.run_dir)
+        node.tokenizer.path = tokenizer()
         if node.get("context_length") is not None:
             node.context_length = OmegaConf.select(run_cfg, "data.context_length", default=node.context_length)
     return node
-
-
-def build_eval_data(data_cfg: DictConfig | None, pre: Pretrained, views: list[dict[str, Any]], seed: int = 0,
-                    batch_size: int | None = None) -> Any:
-    """The data module for a pretrained run, set up, with the protocol's training views."""
-    from selfsup.train import build
-
-    node = eval_data_node(data_cfg, pre)
-    if batch_size:
-        node.batch_size = int(batch_size)
-    data = build(node, views=views, seed=seed, _convert_="all")
-    data.setup()
-    return data
 
 
 def check_labelled(data: Any, what: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Callable, ContextManager, Iterable
 import torch
 from torch import nn
 
-from selfsup.data.base import EVAL_KEY
+from selfsup.data.datamodule import EVAL_KEY
 from selfsup.errors import ConfigError
 
 NON_EVAL_KEYS = ("label", "index", "key", "skipped")
@@ -28,36 +28,44 @@ def first_image_field(batch: dict[str, Any]) -> torch.Tensor:
     raise ConfigError(f"the batch has no image field (fields: {sorted(batch)}); an image backbone needs one")
 
 
-def features(backbone: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+def features(backbone: nn.Module, batch: dict[str, Any]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """Pooled features (B, D) of a batch already on the backbone's device and normalised.
 
     Dispatches on `backbone.modality`: images take the batch's image field; text takes `input_ids` and
-    `attention_mask` (the backbone pools over real tokens only); a CLIP DualEncoder takes both.
+    `attention_mask` (the backbone pools over real tokens only); an image-text model (an objective's eval model,
+    e.g. CLIP's dual encoder) takes both and gives (image embeddings, text embeddings or None).
     """
     modality = getattr(backbone, "modality", "image")
     if modality == "image":
         return backbone(first_image_field(batch))
     if modality == "text":
         return backbone(batch["input_ids"], batch.get("attention_mask"))
-    if modality == "image-text":  # a CLIP DualEncoder: image embeddings, and text embeddings beside them
+    if modality == "image-text":
         return backbone(first_image_field(batch), batch.get("input_ids"), batch.get("attention_mask"))
     raise ConfigError(f"no feature extraction for {modality} backbones ({type(backbone).__name__})")
 
 
 @dataclass
 class FeatureSet:
-    """Features (N, D) float32, their labels (N,) or None, and each sample's index in its split (N,)."""
+    """Features (N, D) float32, their labels (N,) or None, and each sample's index in its split (N,); `text`: the
+    embeddings (N, D) of each row's caption, where an image-text model embedded pairs."""
 
     features: torch.Tensor
     labels: torch.Tensor | None
     index: torch.Tensor
+    text: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.features)
 
     def to(self, device: torch.device | str) -> "FeatureSet":
-        labels = self.labels.to(device) if self.labels is not None else None
-        return FeatureSet(self.features.to(device), labels, self.index.to(device))
+        return self.map(lambda t: t.to(device))
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "FeatureSet":
+        """The same rows with `fn` applied to each tensor (features, labels, index, text)."""
+        labels = fn(self.labels) if self.labels is not None else None
+        text = fn(self.text) if self.text is not None else None
+        return FeatureSet(fn(self.features), labels, fn(self.index), text)
 
     def labelled(self) -> "FeatureSet":
         """Only the samples with a label (STL-10's unlabelled images carry -1)."""
@@ -66,11 +74,10 @@ class FeatureSet:
         keep = self.labels >= 0
         if bool(keep.all()):
             return self
-        return FeatureSet(self.features[keep], self.labels[keep], self.index[keep])
+        return self.map(lambda t: t[keep])
 
     def subset(self, rows: torch.Tensor) -> "FeatureSet":
-        labels = self.labels[rows] if self.labels is not None else None
-        return FeatureSet(self.features[rows], labels, self.index[rows])
+        return self.map(lambda t: t[rows])
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -95,12 +102,16 @@ def extract(backbone: nn.Module, batches: Iterable[dict[str, Any]], device: torc
     """
     was_training = backbone.training
     backbone.eval()
-    feats, labels, index = [], [], []
+    feats, labels, index, texts = [], [], [], []
     try:
         for batch in batches:
             batch = prepare(to_device(batch, device))
             with autocast():
                 f = features(backbone, batch)
+            if isinstance(f, tuple):  # an image-text model: image embeddings and, for pairs, caption embeddings
+                f, text = f
+                if text is not None:
+                    texts.append(text.float())
             feats.append(f.float())
             if "label" in batch:
                 labels.append(batch["label"].long())
@@ -110,7 +121,8 @@ def extract(backbone: nn.Module, batches: Iterable[dict[str, Any]], device: torc
     if not feats:
         raise ConfigError("no samples to extract features from")
     all_labels = torch.cat(labels) if len(labels) == len(feats) else None
-    return FeatureSet(torch.cat(feats), all_labels, torch.cat(index))
+    all_texts = torch.cat(texts) if len(texts) == len(feats) else None
+    return FeatureSet(torch.cat(feats), all_labels, torch.cat(index), all_texts)
 
 
 def dataset_labels(dataset: Any) -> torch.Tensor | None:

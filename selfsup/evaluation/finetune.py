@@ -134,6 +134,7 @@ class FinetuneProtocol(Protocol):
     """eval.py protocol=finetune: every backbone weight and a linear head, trained on augmented views."""
 
     name = "finetune"
+    trains_backbone = True
 
     def __init__(self, epochs: int = 50, base_lr: float = 5e-4, lr: float | None = None, weight_decay: float = 0.05,
                  layer_decay: float = 0.75, warmup_epochs: float = 5, label_smoothing: float = 0.1,
@@ -142,9 +143,14 @@ class FinetuneProtocol(Protocol):
             raise ConfigError(f"protocol.epochs must be >= 1, got {epochs}")
         if not 0 < layer_decay <= 1:
             raise ConfigError(f"protocol.layer_decay must lie in (0, 1], got {layer_decay}")
-        self.epochs, self.base_lr, self.lr, self.weight_decay = epochs, base_lr, lr, weight_decay
-        self.layer_decay, self.warmup_epochs = layer_decay, min(warmup_epochs, epochs)
-        self.label_smoothing, self.clip_grad = label_smoothing, clip_grad
+        self.epochs = epochs
+        self.base_lr = base_lr
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.layer_decay = layer_decay
+        self.warmup_epochs = min(warmup_epochs, epochs)
+        self.label_smoothing = label_smoothing
+        self.clip_grad = clip_grad
         self.views = [dict(v) for v in (views or FINETUNE_VIEWS)]
 
     def learning_rate(self, ctx: EvalContext) -> float:

@@ -79,7 +79,8 @@ class KNNProtocol(Protocol):
             raise ConfigError(f"protocol.k must be a list of positive integers, got {list(k)}")
         if temperature <= 0:
             raise ConfigError(f"protocol.temperature must be positive, got {temperature}")
-        self.k, self.temperature = [int(v) for v in k], float(temperature)
+        self.k = [int(v) for v in k]
+        self.temperature = float(temperature)
 
     def run(self, backbone: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
         bank, queries = ctx.features(backbone, "train"), ctx.features(backbone, "val")

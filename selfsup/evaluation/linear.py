@@ -48,7 +48,8 @@ def make_optimizer(name: str, params: Any, lr: float, weight_decay: float = 0.0,
 
 
 @torch.no_grad()
-def evaluate_probe(probe: nn.Module, data: FeatureSet, batch_size: int = 4096, prefix: str = "val/") -> dict[str, float]:
+def evaluate_probe(probe: nn.Module, data: FeatureSet, batch_size: int = 4096,
+                   prefix: str = "val/") -> dict[str, float]:
     """`{prefix}linear_top1`, `{prefix}linear_top5` and `{prefix}linear_loss` of a probe on features."""
     was_training = probe.training
     probe.eval()
@@ -112,9 +113,13 @@ class LinearProtocol(Protocol):
         if epochs < 1 or batch_size < 2:
             raise ConfigError(f"protocol.epochs must be >= 1 and protocol.batch_size >= 2, got {epochs}, {batch_size}")
         make_optimizer(optimizer, [torch.zeros(1, requires_grad=True)], 0.1)  # a bad name fails before any work
-        self.epochs, self.batch_size, self.optimizer = epochs, batch_size, optimizer
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.optimizer = optimizer
         self.lr = lr if lr is not None else base_lr * batch_size / 256
-        self.weight_decay, self.momentum, self.warmup_epochs = weight_decay, momentum, warmup_epochs
+        self.weight_decay = weight_decay
+        self.momentum = momentum
+        self.warmup_epochs = warmup_epochs
 
     def run(self, backbone: nn.Module, ctx: EvalContext) -> dict[str, float]:
         train, val = ctx.features(backbone, "train"), ctx.features(backbone, "val")

@@ -31,7 +31,8 @@ class LoRALinear(nn.Module):
         if rank < 1:
             raise ConfigError(f"protocol.rank must be >= 1, got {rank}")
         self.base = base.requires_grad_(False)
-        self.rank, self.scale = rank, alpha / rank
+        self.rank = rank
+        self.scale = alpha / rank
         factory = {"device": base.weight.device, "dtype": base.weight.dtype}
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, **factory))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **factory))
@@ -106,7 +107,10 @@ class LoRAProtocol(FinetuneProtocol):
                          views=views)
         if rank < 1:
             raise ConfigError(f"protocol.rank must be >= 1, got {rank}")
-        self.rank, self.alpha, self.dropout, self.targets = rank, alpha, dropout, tuple(targets)
+        self.rank = rank
+        self.alpha = alpha
+        self.dropout = dropout
+        self.targets = tuple(targets)
 
     def prepare(self, backbone: nn.Module, ctx: EvalContext) -> Classifier:
         apply_lora(backbone, self.targets, self.rank, self.alpha, self.dropout)

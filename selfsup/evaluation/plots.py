@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selfsup.evaluation.compare import LOSS, WALL, Method, Run
+from selfsup.evaluation.comparison import LOSS, WALL, Method, Run
 
 
 def wall_at(run: Run, steps: np.ndarray) -> np.ndarray | None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, ClassVar, ContextManager
 
 import torch
@@ -31,8 +30,7 @@ class EvalContext:
     max_train_samples: int | None = None
     max_val_samples: int | None = None
     log: Callable[[dict[str, float], int], None] = field(default=no_log)
-    run_cfg: Any = None  # the pretraining run's config and folder (zero-shot reads its tokenizer)
-    run_dir: Path | None = None
+    captions: Callable[[], Any] | None = None  # image-text runs: the run's caption tokenizer (zero-shot prompts)
 
     def autocast(self) -> ContextManager:
         return autocast_for(self.device, self.precision)
@@ -48,13 +46,16 @@ class Protocol:
     """An evaluation of a pretrained backbone on labelled data; `run` returns the metrics for results.json.
 
     `views`: the training views the data module makes for it (fine-tuning augments; frozen-feature protocols
-    only use eval views). Every protocol but retrieval needs labels.
+    only use eval views). Every protocol but retrieval needs labels. `eval_model_modality`: the protocol runs
+    on the objective's eval model (Objective.eval_model) of that modality instead of the backbone;
+    `trains_backbone`: it trains the backbone itself (the data must hold a full batch).
     """
 
     name: ClassVar[str]
     views: list[dict[str, Any]] = EVAL_VIEWS
     needs_labels: ClassVar[bool] = True
-    dual_encoder: ClassVar[bool] = False  # True: `run` gets a CLIP run's DualEncoder instead of its backbone
+    eval_model_modality: ClassVar[str | None] = None
+    trains_backbone: ClassVar[bool] = False
 
     def run(self, backbone: nn.Module, ctx: EvalContext) -> dict[str, float]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -40,7 +40,8 @@ class EvalLogger:
 
     def __init__(self, folder: Path, csv_enabled: bool = True, wandb: dict[str, Any] | None = None,
                  name: str = "eval", config: dict[str, Any] | None = None) -> None:
-        self.folder, self.csv_enabled = folder, csv_enabled
+        self.folder = folder
+        self.csv_enabled = csv_enabled
         self.rows: list[dict[str, Any]] = []
         self.run = None
         if csv_enabled or (wandb and wandb.get("mode", "disabled") != "disabled"):

@@ -100,13 +100,6 @@ def unique_rows(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return unique, inverse, first
 
 
-def split_embeddings(features: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """DualEncoder output (N, d) or (N, 2d) -> (image embeddings, text embeddings or None)."""
-    if features.shape[1] == 2 * dim:
-        return features[:, :dim], features[:, dim:]
-    return features, None
-
-
 def pair_ids(data: Any, split: str, index: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Which rows of `split` (by dataset index) share an image or a caption, where the data module knows."""
     if not hasattr(data, "pair_ids"):
@@ -114,11 +107,11 @@ def pair_ids(data: Any, split: str, index: torch.Tensor) -> tuple[torch.Tensor |
     return data.pair_ids(split, index)
 
 
-def dual_encoder_metrics(features: Any, dim: int, class_emb: torch.Tensor | None,
+def dual_encoder_metrics(features: Any, class_emb: torch.Tensor | None,
                          ids: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)) -> dict[str, float]:
     """Zero-shot accuracy (where there are labels and class embeddings) and retrieval (where there are captions;
-    `ids`: image and caption ids of the rows) of a FeatureSet extracted with a DualEncoder."""
-    image_emb, text_emb = split_embeddings(features.features, dim)
+    `ids`: image and caption ids of the rows) of a FeatureSet extracted with an image-text model."""
+    image_emb, text_emb = features.features, features.text
     metrics: dict[str, float] = {}
     if class_emb is not None and features.labels is not None:
         keep = features.labels >= 0
@@ -133,7 +126,7 @@ class ZeroShotProtocol(Protocol):
     their labels' names (`data=` any labelled source; default the run's own)."""
 
     name = "zero_shot"
-    dual_encoder = True
+    eval_model_modality = "image-text"
 
     def __init__(self, templates: Sequence[str] | None = None) -> None:
         self.templates = list(templates or DEFAULT_TEMPLATES)
@@ -141,14 +134,13 @@ class ZeroShotProtocol(Protocol):
             raise ConfigError("every protocol.templates entry needs a {} where the class name goes")
 
     def run(self, model: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
-        from selfsup.evaluation.data import run_captions
-
         names = class_names_of(ctx.data)
-        class_emb = class_embeddings(model.encode_text, run_captions(ctx.run_cfg, ctx.run_dir), names, self.templates,
+        if ctx.captions is None:
+            raise ConfigError("zero-shot needs the run's caption tokenizer; evaluate an image-text run")
+        class_emb = class_embeddings(model.encode_text, ctx.captions(), names, self.templates,
                                      ctx.device, ctx.autocast)
         val = ctx.features(model, "val").labelled()
-        image_emb, _ = split_embeddings(val.features, model.embed_dim)
-        results = {f"val/{k}": v for k, v in zero_shot_accuracy(image_emb, val.labels, class_emb).items()}
+        results = {f"val/{k}": v for k, v in zero_shot_accuracy(val.features, val.labels, class_emb).items()}
         ctx.log(results, 0)
         return {**results, "val_samples": len(val), "classes": len(names), "templates": len(self.templates)}
 
@@ -158,7 +150,7 @@ class RetrievalProtocol(Protocol):
     (the validation split of image-text data; default the run's own)."""
 
     name = "retrieval"
-    dual_encoder = True
+    eval_model_modality = "image-text"
     needs_labels = False
 
     def run(self, model: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
@@ -169,9 +161,8 @@ class RetrievalProtocol(Protocol):
             raise DataError(f"retrieval runs on held-out pairs, and {ctx.data.source} has none; give a validation "
                             "split (data.val_manifest, data.val_fraction) or data=image_text_manifest with them")
         val = ctx.features(model, "val")
-        image_emb, text_emb = split_embeddings(val.features, model.embed_dim)
         image_ids, text_ids = pair_ids(ctx.data, "val", val.index)
-        results = {f"val/{k}": v for k, v in retrieval_recall(image_emb, text_emb, image_ids=image_ids,
+        results = {f"val/{k}": v for k, v in retrieval_recall(val.features, val.text, image_ids=image_ids,
                                                               text_ids=text_ids).items()}
         ctx.log(results, 0)
         return {**results, "val_samples": len(val)}

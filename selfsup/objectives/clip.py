@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.data_facts import DataFacts
 from selfsup.distributed import gather_with_grad, rank_and_world
 from selfsup.errors import ConfigError
 from selfsup.objectives.base import Objective, StepOutput
@@ -69,7 +70,8 @@ class CLIP(Objective):
             raise ConfigError(f"objective.init_temperature must be positive with 1/T <= max_logit_scale "
                               f"({max_logit_scale}), got {init_temperature}")
         self.image_key = self.views[0]["key"]
-        self.text_tower, self.text_pool = text_tower, text_pool
+        self.text_tower = text_tower
+        self.text_pool = text_pool
         self.image_projection = nn.Linear(backbone.num_features, embed_dim, bias=False)
         self.text_projection = nn.Linear(text_tower.num_features, embed_dim, bias=False)
         for projection in (self.image_projection, self.text_projection):  # CLIP: std = width ** -0.5
@@ -77,16 +79,20 @@ class CLIP(Objective):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / init_temperature)))
         self.max_log_scale = math.log(max_logit_scale)
 
-    def bind_data(self, data: Any) -> None:
+    def bind_data(self, facts: DataFacts) -> None:
         """Refuse a tokenizer larger than the text tower's vocabulary, or captions longer than its positions."""
-        info = getattr(data, "tokenizer_info", None)
+        info = facts.tokenizer
         if info is not None and info.vocab_size > self.text_tower.vocab_size:
             raise ConfigError(f"the tokenizer has {info.vocab_size} tokens but the text tower embeds "
                               f"{self.text_tower.vocab_size}; set objective.text_tower.vocab_size={info.vocab_size}")
-        length = getattr(data, "context_length", None)
-        if length is not None and length > self.text_tower.max_positions:
+        length = facts.context_length
+        if length > self.text_tower.max_positions:
             raise ConfigError(f"data.context_length {length} exceeds the text tower's max_positions "
                               f"{self.text_tower.max_positions}; lower data.context_length")
+
+    def eval_model(self, backbone: nn.Module) -> "DualEncoder":
+        """Zero-shot and retrieval embed with both towers and their projections."""
+        return DualEncoder(backbone, self)
 
     # -- the two towers ----------------------------------------------------------------------------------------
     def scale(self) -> torch.Tensor:
@@ -128,15 +134,16 @@ class CLIP(Objective):
 class DualEncoder(nn.Module):
     """A CLIP run's image backbone and CLIP objective as one module, for zero-shot and retrieval evaluation.
 
-    `forward(images)` gives image embeddings (B, d); with token ids it gives image and text embeddings side by
-    side (B, 2d), so one pass over image-text batches embeds both (evaluation/features.py).
+    `forward(images, input_ids, attention_mask)` gives (image embeddings (B, d), text embeddings (B, d) or None
+    without token ids), so one pass over image-text batches embeds both (evaluation/features.py).
     """
 
     modality = "image-text"
 
     def __init__(self, backbone: nn.Module, clip: CLIP) -> None:
         super().__init__()
-        self.backbone, self.clip = backbone, clip
+        self.backbone = backbone
+        self.clip = clip
         self.img_size = getattr(backbone, "img_size", None)  # what evaluation data is fitted to
         self.in_chans = getattr(backbone, "in_chans", None)
 
@@ -148,8 +155,8 @@ class DualEncoder(nn.Module):
         return self.clip.encode_text(input_ids, attention_mask)
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         image_emb, _ = self.clip.encode_image(self.backbone, images)
         if input_ids is None:
-            return image_emb
-        return torch.cat([image_emb, self.encode_text(input_ids, attention_mask)], dim=1)
+            return image_emb, None
+        return image_emb, self.encode_text(input_ids, attention_mask)

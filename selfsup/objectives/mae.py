@@ -19,8 +19,7 @@ from selfsup import keyed_random
 from selfsup.backbones.pos_embed import sincos_2d
 from selfsup.errors import ConfigError
 from selfsup.objectives.base import Objective, StepOutput
-
-MASK_STREAM = 1  # keyed_random stream of the mask noise
+from selfsup.objectives.indexing import gather_rows
 
 
 def random_masking(noise: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -38,11 +37,6 @@ def random_masking(noise: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor
 
 def num_visible(num_patches: int, mask_ratio: float) -> int:
     return int(num_patches * (1 - mask_ratio))
-
-
-def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x (B, N, D), index (B, n) -> (B, n, D)."""
-    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -112,22 +106,22 @@ class MAE(Objective):
         if not 0.0 < mask_ratio < 1.0:
             raise ConfigError(f"objective.mask_ratio must lie in (0, 1), got {mask_ratio}; MAE's default is 0.75")
         if not hasattr(backbone, "encode_patches"):
-            raise ConfigError(f"MAE needs a ViT backbone that can encode visible patches, got {type(backbone).__name__}")
+            raise ConfigError(f"MAE needs a ViT backbone that can encode visible patches, got "
+                              f"{type(backbone).__name__}")
         if num_visible(backbone.num_patches, mask_ratio) < 1:
             raise ConfigError(f"mask_ratio {mask_ratio} leaves no visible patch of {backbone.num_patches}; lower it")
         if decoder_dim % decoder_heads:
             raise ConfigError(f"objective.decoder_dim {decoder_dim} is not divisible by decoder_heads {decoder_heads}")
-        self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
         patch_pixels = backbone.patch_size ** 2 * backbone.in_chans
         self.decoder = MAEDecoder(backbone.embed_dim, backbone.num_prefix, backbone.grid, patch_pixels,
                                   decoder_dim, decoder_depth, decoder_heads)
 
     def mask_noise(self, batch: dict[str, Any], num_patches: int) -> torch.Tensor:
         """Per-sample noise keyed by the sample (reproducible across resume and DDP), else torch.rand."""
-        images = batch["image"]
-        if "key" in batch:
-            return keyed_random.uniform(batch["key"].to(images.device), num_patches, stream=MASK_STREAM)
-        return torch.rand(images.shape[0], num_patches, device=images.device)
+        return keyed_random.per_sample_uniform(batch, num_patches, keyed_random.PATCH_MASK_STREAM,
+                                               batch["image"].device)
 
     def forward(self, backbone: nn.Module, batch: dict[str, Any]) -> StepOutput:
         patches = backbone.patchify(batch["image"])

@@ -8,7 +8,7 @@ bounds every row's count. The noise comes from the sample key (keyed_random), so
 the number of GPUs or workers and after a resume. The MLM head (dense, GELU, LayerNorm, decoder tied to the
 input embedding, own bias) runs on the chosen positions only, about 15% of the tokens.
 
-The token ids (mask, padding, special) come from the data module's tokenizer: train.py calls `bind_data`.
+The token ids (mask, padding, special) come from the data module's tokenizer, through `bind_data`.
 Unbound, the objective assumes the layout of the tokenizers selfsup trains ([PAD] [UNK] [CLS] [SEP] [MASK]
 = 0..4, the rest ordinary), which is what the benchmark's synthetic batches use.
 """
@@ -17,21 +17,18 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from selfsup import keyed_random
-from selfsup.token_ids import TokenizerInfo
+from selfsup.data_facts import DataFacts, TokenizerInfo
 from selfsup.errors import ConfigError
 from selfsup.objectives.base import Objective, StepOutput
+from selfsup.objectives.indexing import gather_rows
 
-# keyed_random stream of the masking noise (MAE uses 1, image views 16 and up). Each position j draws three
-# numbers at counters 3j, 3j+1, 3j+2 (chosen?, what it becomes, which random token), so a sample's masking does
-# not depend on how long its batch is padded.
-MASK_STREAM = 2
 IGNORE = -100
 
 
@@ -83,11 +80,6 @@ def mask_tokens(ids: torch.Tensor, attention_mask: torch.Tensor | None, noise: t
     return MaskedTokens(corrupted, labels, positions, valid, targets)
 
 
-def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x (B, L, D), index (B, K) -> (B, K, D)."""
-    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
 class MLMHead(nn.Module):
     """BERT's prediction head: dense, GELU, LayerNorm, then the decoder, which is the input embedding (tied)."""
 
@@ -117,7 +109,6 @@ class NSPHead(nn.Module):
 
 class MLM(Objective):
     modality = "text"
-    reports_perplexity = True  # val/perplexity = exp(MLM loss) is meaningful for this objective
 
     def __init__(self, backbone: nn.Module, mask_rate: float = 0.15, mask_token_fraction: float = 0.8,
                  random_token_fraction: float = 0.1, next_sentence: bool = False,
@@ -131,10 +122,12 @@ class MLM(Objective):
         if getattr(backbone, "modality", None) != "text" or not hasattr(backbone, "input_embedding"):
             raise ConfigError(f"MLM needs a text backbone with a token embedding, got {type(backbone).__name__}; "
                               "pick backbone=text_tiny, text_small or text_base")
-        self.mask_rate, self.mask_token_fraction, self.random_token_fraction = (
-            mask_rate, mask_token_fraction, random_token_fraction)
+        self.mask_rate = mask_rate
+        self.mask_token_fraction = mask_token_fraction
+        self.random_token_fraction = random_token_fraction
         self.next_sentence = next_sentence
-        self.embedding_rows, self.max_positions = backbone.vocab_size, backbone.max_positions
+        self.embedding_rows = backbone.vocab_size
+        self.max_positions = backbone.max_positions
         self.head = MLMHead(backbone.num_features, backbone.vocab_size)
         self.nsp = NSPHead(backbone.num_features) if next_sentence else None
         self.register_buffer("special", torch.zeros(0, dtype=torch.bool), persistent=False)
@@ -162,28 +155,44 @@ class MLM(Objective):
             raise ConfigError(f"{source} has no ordinary (non-special) token to mask")
         self.info = info
 
-    def bind_data(self, data: Any) -> None:
-        """Called by train.py once the data module exists: its tokenizer's ids, and checks that the pieces fit."""
-        if getattr(data, "modality", None) != "text" or not hasattr(data, "tokenizer_info"):
-            raise ConfigError(f"MLM needs a text data module, got {type(data).__name__}; pick data=wordnet, "
+    def bind_data(self, facts: DataFacts) -> None:
+        """The data's tokenizer ids, and checks that the pieces fit."""
+        if facts.modality != "text" or facts.tokenizer is None:
+            raise ConfigError(f"MLM needs a text data module, got {facts.source}; pick data=wordnet, "
                               "text_files or hf_text")
-        max_length = getattr(data, "max_length", 0)
-        if max_length > self.max_positions:
-            raise ConfigError(f"data.max_length {max_length} exceeds backbone.max_positions {self.max_positions}; "
-                              f"lower data.max_length or raise backbone.max_positions")
-        if self.next_sentence and not getattr(data, "next_sentence", False):
+        if facts.max_length > self.max_positions:
+            raise ConfigError(f"data.max_length {facts.max_length} exceeds backbone.max_positions "
+                              f"{self.max_positions}; lower data.max_length or raise backbone.max_positions")
+        if self.next_sentence and not facts.next_sentence:
             raise ConfigError("objective.next_sentence=true needs sentence pairs from the data: set "
                               "data.next_sentence=true and data.mode=packed")
-        self.bind_tokenizer(data.tokenizer_info, f"tokenizer {getattr(data, 'tokenizer_path', '')}".strip())
+        self.bind_tokenizer(facts.tokenizer, f"tokenizer {facts.tokenizer_name}".strip())
+
+    # -- validation: perplexity over the whole split ----------------------------------------------------------
+    def reset_validation(self) -> None:
+        self._val_nll: torch.Tensor | None = None  # (sum of per-batch MLM loss x batch size, samples)
+
+    def update_validation(self, out: StepOutput, batch_size: int) -> None:
+        nll = out.metrics.get("mlm_loss", out.loss).detach().float()  # the language-model loss alone
+        total = torch.stack([nll * batch_size, nll.new_tensor(float(batch_size))])
+        self._val_nll = total if getattr(self, "_val_nll", None) is None else self._val_nll + total
+
+    def compute_validation(self, reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+        """val/perplexity = exp(mean validation MLM loss over the whole split and all processes)."""
+        if getattr(self, "_val_nll", None) is None:
+            return {}
+        total = reduce_sum(self._val_nll)
+        return {"perplexity": torch.exp(total[0] / total[1])}
 
     # -- the step ------------------------------------------------------------------------------------------
     def mask_noise(self, batch: dict[str, Any]) -> torch.Tensor:
-        """(B, L, 3) uniforms keyed by the sample (reproducible across resume and DDP), else torch.rand."""
+        """(B, L, 3) uniforms keyed by the sample (reproducible across resume and DDP), else torch.rand. Position j
+        draws three numbers at counters 3j, 3j+1, 3j+2 (chosen?, what it becomes, which random token), so a
+        sample's masking does not depend on how long its batch is padded."""
         ids = batch["input_ids"]
         b, length = ids.shape
-        if "key" in batch:
-            return keyed_random.uniform(batch["key"].to(ids.device), 3 * length, stream=MASK_STREAM).view(b, length, 3)
-        return torch.rand(b, length, 3, device=ids.device)
+        noise = keyed_random.per_sample_uniform(batch, 3 * length, keyed_random.TOKEN_MASK_STREAM, ids.device)
+        return noise.view(b, length, 3)
 
     def mask(self, batch: dict[str, Any]) -> MaskedTokens:
         return mask_tokens(batch["input_ids"], batch.get("attention_mask"), self.mask_noise(batch), self.special,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
@@ -38,11 +39,13 @@ OPTIMIZERS = ("adamw", "lars", "sgd")
 
 def check_optimizer_name(name: str) -> None:
     if name not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer '{name}' in optim.name; choose {', '.join(OPTIMIZERS[:-1])} or {OPTIMIZERS[-1]}")
+        raise ConfigError(f"unknown optimizer '{name}' in optim.name; choose {', '.join(OPTIMIZERS[:-1])} or "
+                          f"{OPTIMIZERS[-1]}")
 
 
 def build_optimizer(name: str, groups: list[dict[str, Any]], lr: float, betas: Iterable[float] = (0.9, 0.999),
-                    momentum: float = 0.9, trust_coefficient: float = 0.001, fused: bool = False) -> torch.optim.Optimizer:
+                    momentum: float = 0.9, trust_coefficient: float = 0.001,
+                    fused: bool = False) -> torch.optim.Optimizer:
     check_optimizer_name(name)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, trust_coefficient=trust_coefficient)
@@ -61,3 +64,38 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+@dataclass
+class OptimConfig:
+    """The resolved optimisation recipe. `lr` is the final learning rate (already scaled by batch size)."""
+
+    name: str
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    total_steps: int
+    min_lr_ratio: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9
+    trust_coefficient: float = 0.001
+
+    @classmethod
+    def from_recipe(cls, *, global_batch: int, steps_per_epoch: int, total_steps: int, name: str = "adamw",
+                    base_lr: float | None = None, lr: float | None = None, weight_decay: float = 0.0,
+                    betas: Iterable[float] = (0.9, 0.999), momentum: float = 0.9, trust_coefficient: float = 0.001,
+                    warmup_epochs: float | None = None, warmup_fraction: float = 0.0,
+                    min_lr: float = 0.0) -> "OptimConfig":
+        """The recipe of an `optim/` config (built with `_partial_: true`), resolved for the run's global batch
+        and length: lr = base_lr x global_batch / 256 unless `lr` is given; warm-up in epochs or as a fraction."""
+        check_optimizer_name(name)
+        if lr is None and base_lr is None:
+            raise ConfigError("set optim.base_lr (scaled by the global batch) or optim.lr (used as is)")
+        lr = lr or scaled_lr(base_lr, global_batch)
+        if warmup_epochs is not None:
+            warmup = round(warmup_epochs * steps_per_epoch)
+        else:
+            warmup = round(warmup_fraction * total_steps)
+        return cls(name=name, lr=lr, weight_decay=weight_decay, warmup_steps=min(warmup, total_steps),
+                   total_steps=total_steps, min_lr_ratio=min_lr / lr, betas=tuple(betas), momentum=momentum,
+                   trust_coefficient=trust_coefficient)

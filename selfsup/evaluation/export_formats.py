@@ -1,0 +1,186 @@
+"""The formats a pretrained backbone is exported in, for use outside selfsup
+(`python export.py checkpoint=RUN out=DIR`).
+
+Image backbones become `DIR/model.safetensors` with the state dict of the plain timm model (selfsup's `vit.` /
+`net.` prefix stripped) and `DIR/config.json` with the timm name and the create_model kwargs that rebuild the
+same network, so that
+
+    timm.create_model(name, pretrained=True, num_classes=0, **kwargs,
+                      pretrained_cfg_overlay=dict(file="DIR/model.safetensors"))
+
+loads it. Pooling follows the backbone: `cls` is timm's `global_pool="token"`; `mean` is `global_pool="avg"` with
+`fc_norm=False` (selfsup normalises every token, then averages, as timm does without fc_norm). ResNets trained
+with the CIFAR stem (3x3 stride-1 first convolution, no max-pool) have no timm create kwarg for that stem: build
+them with `load_timm(DIR)` here, which swaps the stem as selfsup does and loads the weights strictly.
+
+Text encoders (selfsup's TextTransformer) become `model.safetensors`, `config.json` (the constructor's kwargs)
+and the run's tokenizer file (`tokenizer.json`, or `vocab.txt`); `load_text_encoder(DIR)` rebuilds both.
+Before writing, the export checks that the rebuilt model gives the backbone's features.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from selfsup.backbones.resnet import ResNet
+from selfsup.backbones.text_transformer import TextTransformer
+from selfsup.backbones.vit import ViT
+from selfsup.data.tokenizer import load_tokenizer
+from selfsup.errors import ConfigError
+from selfsup.evaluation.pretrained import Pretrained
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+
+
+def _extra_kwargs(backbone_cfg: DictConfig, cls: type) -> dict[str, Any]:
+    """Config keys the selfsup class does not take itself: passed through to timm.create_model (e.g. depth)."""
+    own = set(inspect.signature(cls.__init__).parameters) - {"self", "timm_kwargs", "kwargs"}
+    node = OmegaConf.to_container(backbone_cfg, resolve=True)
+    return {k: v for k, v in node.items() if k != "_target_" and k not in own}
+
+
+def timm_spec(backbone: nn.Module, backbone_cfg: DictConfig) -> dict[str, Any]:
+    """The timm name, create_model kwargs and stem of an image backbone."""
+    if isinstance(backbone, ViT):
+        kwargs = {"img_size": backbone.img_size, "patch_size": backbone.patch_size, "in_chans": backbone.in_chans,
+                  "class_token": True, **_extra_kwargs(backbone_cfg, ViT)}
+        kwargs.update({"global_pool": "token"} if backbone.pool == "cls" else {"global_pool": "avg", "fc_norm": False})
+        return {"name": backbone.name, "kwargs": kwargs, "cifar_stem": False}
+    if isinstance(backbone, ResNet):
+        kwargs = {"in_chans": backbone.in_chans, **_extra_kwargs(backbone_cfg, ResNet)}
+        return {"name": backbone.name, "kwargs": kwargs, "cifar_stem": backbone.cifar_stem}
+    raise ConfigError(f"no timm export for {type(backbone).__name__}; image backbones are ViT and ResNet")
+
+
+def timm_module(backbone: nn.Module) -> nn.Module:
+    """The plain timm model inside a selfsup image backbone."""
+    return backbone.vit if hasattr(backbone, "vit") else backbone.net
+
+
+def cifar_stem(model: nn.Module) -> nn.Module:
+    """Give a timm ResNet selfsup's CIFAR stem (3x3 stride-1 convolution, no max-pool), in place."""
+    width, in_chans = model.conv1.out_channels, model.conv1.in_channels
+    model.conv1 = nn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1, bias=False)
+    model.bn1 = nn.BatchNorm2d(width)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def load_timm(folder: str | Path) -> nn.Module:
+    """The exported image backbone as a timm model (CIFAR stem included), weights loaded strictly, in eval mode."""
+    import timm
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    cfg = json.loads((folder / CONFIG).read_text())
+    model = timm.create_model(cfg["timm_name"], pretrained=False, num_classes=0, **cfg["timm_kwargs"])
+    if cfg.get("cifar_stem"):
+        cifar_stem(model)
+    model.load_state_dict(load_file(str(folder / WEIGHTS)), strict=True)
+    return model.eval()
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A state dict safetensors can write: contiguous tensors that share no storage."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def _check_same_features(exported: nn.Module, backbone: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+    with torch.no_grad():
+        a, b = exported.eval()(*inputs), backbone.eval()(*inputs)
+    if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
+        raise ConfigError("the exported model's features differ from the backbone's; please report this")
+
+
+def export_image(pre: Pretrained, out: Path,
+                 normalization: tuple[list[float], list[float]] | None = None) -> dict[str, Any]:
+    """`normalization`: the mean and std of the pretraining images, for timm's pretrained_cfg."""
+    from safetensors.torch import save_file
+
+    spec = timm_spec(pre.backbone, pre.run_cfg.backbone)
+    norm = {} if normalization is None else {"mean": [round(float(v), 6) for v in normalization[0]],
+                                             "std": [round(float(v), 6) for v in normalization[1]]}
+    chans, size = pre.backbone.in_chans, pre.backbone.img_size
+    config = {"format": "timm", "timm_name": spec["name"], "timm_kwargs": spec["kwargs"],
+              "cifar_stem": spec["cifar_stem"], "num_features": pre.backbone.num_features,
+              "pretrained_cfg_overlay": {"input_size": [chans, size, size], "num_classes": 0, **norm},
+              "source": {"checkpoint": str(pre.checkpoint.resolve()), "step": pre.step}}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(_state(timm_module(pre.backbone)), str(out / WEIGHTS))
+    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    _check_same_features(load_timm(out), pre.backbone, (torch.randn(2, chans, size, size),))
+    return config
+
+
+# -- text ---------------------------------------------------------------------------------------------------
+def load_text_encoder(folder: str | Path) -> tuple[nn.Module, Any]:
+    """(TextTransformer with the exported weights, its `tokenizers.Tokenizer`) from an export folder."""
+    from safetensors.torch import load_file
+
+
+    folder = Path(folder)
+    cfg = json.loads((folder / CONFIG).read_text())
+    model = TextTransformer(**cfg["kwargs"])
+    model.load_state_dict(load_file(str(folder / WEIGHTS)), strict=True)
+    tokenizer = load_tokenizer(folder / cfg["tokenizer"], cfg.get("lowercase", True))
+    return model.eval(), tokenizer
+
+
+def export_text(pre: Pretrained, out: Path, tokenizer: str | None) -> dict[str, Any]:
+    """`tokenizer`: the run's tokenizer file, copied beside the weights."""
+    from safetensors.torch import save_file
+
+    if tokenizer is None or not Path(tokenizer).is_file():
+        raise ConfigError(f"cannot find the tokenizer of run {pre.run_dir}; set data.tokenizer.path in its config")
+    name = "vocab.txt" if Path(tokenizer).suffix == ".txt" else "tokenizer.json"
+    kwargs = {k: v for k, v in OmegaConf.to_container(pre.run_cfg.backbone, resolve=True).items() if k != "_target_"}
+    config = {"format": "selfsup-text", "architecture": "selfsup.backbones.text_transformer.TextTransformer",
+              "kwargs": kwargs,
+              "tokenizer": name, "lowercase": bool(OmegaConf.select(pre.run_cfg, "data.tokenizer.lowercase",
+                                                                     default=True)),
+              "num_features": pre.backbone.num_features,
+              "source": {"checkpoint": str(pre.checkpoint.resolve()), "step": pre.step}}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(_state(pre.backbone), str(out / WEIGHTS))
+    if not (out / name).exists() or not (out / name).samefile(tokenizer):  # exporting into the run folder itself
+        shutil.copyfile(tokenizer, out / name)
+    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    model, _ = load_text_encoder(out)
+    ids = torch.randint(5, int(kwargs.get("vocab_size", 6)), (2, 8))
+    _check_same_features(model, pre.backbone, (ids, torch.ones_like(ids)))
+    return config
+
+
+# -- any other backbone -------------------------------------------------------------------------------------------
+def export_module(pre: Pretrained, out: Path) -> dict[str, Any]:
+    """A backbone with no ecosystem format (one of your own): `model.safetensors` and `config.json` holding its
+    config node, which `selfsup.assemble.load_exported_module(DIR)` rebuilds (its `_target_` checked as for any
+    run folder's config) and loads strictly."""
+    from safetensors.torch import save_file
+
+    config = {"format": "selfsup-module", "backbone": OmegaConf.to_container(pre.run_cfg.backbone, resolve=True),
+              "modality": getattr(pre.backbone, "modality", "image"),
+              "num_features": getattr(pre.backbone, "num_features", None),
+              "source": {"checkpoint": str(pre.checkpoint.resolve()), "step": pre.step}}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(_state(pre.backbone), str(out / WEIGHTS))
+    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return config
+
+
+def check_same_features(exported: nn.Module, backbone: nn.Module) -> None:
+    """The rebuilt module gives the backbone's features on inputs of its modality."""
+    if getattr(backbone, "modality", "image") == "text":
+        ids = torch.randint(5, int(getattr(backbone, "vocab_size", 6)), (2, 8))
+        inputs: tuple[torch.Tensor, ...] = (ids, torch.ones_like(ids))
+    else:
+        size = getattr(backbone, "img_size", 32)
+        inputs = (torch.randn(2, getattr(backbone, "in_chans", 3), size, size),)
+    _check_same_features(exported, backbone, inputs)

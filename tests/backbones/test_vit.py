@@ -1,0 +1,50 @@
+"""The ViT backbone: timm's forward, patches in and out, MAE's visible-patch encoder, fused attention,
+the automatic patch size."""
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import tiny_vit
+from helpers import tiny_vit_and_mae as tiny
+
+from selfsup.backbones.vit import ViT, auto_patch_size
+from selfsup.errors import ConfigError
+
+
+def test_encoder_sees_only_visible_patches():
+    vit = tiny_vit()
+    patches = vit.patchify(torch.randn(2, 1, 28, 28))
+    keep = torch.stack([torch.randperm(49)[:12] for _ in range(2)])
+    tokens = vit.encode_patches(patches, keep)
+    assert tokens.shape == (2, 1 + 12, vit.embed_dim)
+    # the encoding of the kept patches does not depend on the masked ones
+    other = patches.clone()
+    masked_rows = torch.ones(2, 49, dtype=torch.bool)
+    masked_rows[torch.arange(2).unsqueeze(1), keep] = False
+    other[masked_rows] = torch.randn_like(other[masked_rows])
+    torch.testing.assert_close(vit.encode_patches(other, keep), tokens)
+
+
+def test_full_forward_matches_timm():
+    vit = tiny_vit(img_size=32, in_chans=3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(vit.forward_tokens(x), vit.vit.forward_features(x))
+    torch.testing.assert_close(vit.unpatchify(vit.patchify(x)), x)
+
+
+def test_attention_is_fused():
+    vit, mae = tiny()
+    assert all(block.attn.fused_attn for block in vit.vit.blocks)
+    assert all(block.attn.fused_attn for block in mae.decoder.blocks)
+
+
+@pytest.mark.parametrize("size,patch", [(224, 16), (96, 8), (64, 8), (32, 4), (28, 4)])
+def test_auto_patch_size(size, patch):
+    assert auto_patch_size(size) == patch
+
+
+def test_unknown_timm_model_and_non_vit_are_refused():
+    with pytest.raises(ConfigError, match="unknown timm model"):
+        ViT("vit_does_not_exist", img_size=32)
+    with pytest.raises(ConfigError, match="not a VisionTransformer"):
+        ViT("resnet18", img_size=32)

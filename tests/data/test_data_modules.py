@@ -1,0 +1,41 @@
+"""Data modules: keyed views, normalisation on the device, and parts that import without Lightning."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+
+from selfsup.data.synthetic import Synthetic
+
+
+def test_views_depend_on_the_sample_key_only():
+    views = [{"key": "image", "crop_scale": [0.2, 1.0], "hflip": 0.5}]
+    dm = Synthetic(num_samples=64, num_workers=0, batch_size=8, views=views)
+    dm.setup()
+    a, b = dm.train_set[(0, 5)], dm.train_set[(0, 5)]
+    torch.manual_seed(123)  # the global random state does not matter
+    c = dm.train_set[(0, 5)]
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["image"], c["image"])
+    assert not torch.equal(a["image"], dm.train_set[(1, 5)]["image"])  # another epoch, another crop
+    assert a["image"].dtype == torch.uint8 and a["image"].shape == (3, 32, 32)
+
+
+def test_batches_are_normalized_on_the_device():
+    dm = Synthetic(num_samples=64, num_workers=0, batch_size=8)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].dtype == torch.uint8 and set(batch) == {"image", "label", "index", "key", "skipped"}
+    out = dm.normalize(dict(batch))
+    expected = (batch["image"].float() / 255 - 0.5) / 0.25
+    torch.testing.assert_close(out["image"], expected)
+
+
+def test_the_parts_of_data_modules_import_without_lightning():
+    """Samplers, datasets, decoding, augmentation, tokenizers, manifests and shard streams are plain torch."""
+    parts = ["sampling", "text_datasets", "image_text_datasets", "shards", "decode", "augment", "views", "tokenizer",
+             "openclipart_prepare"]
+    code = ("import sys\n" + "".join(f"import selfsup.data.{m}\n" for m in parts)
+            + "print(sorted(k for k in sys.modules if k.split('.')[0] in ('pytorch_lightning', 'lightning')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,55 @@
+"""Fashion-MNIST: reading IDX files, and naming what is missing or corrupt."""
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from selfsup.data import fashion_mnist
+from selfsup.data.fashion_mnist import FashionMNIST, read_idx
+from selfsup.errors import DataError
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_reads_idx_files_from_root(tmp_path, monkeypatch):
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "absent")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 20), ("t10k", 5)):
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    dm = FashionMNIST(root=str(tmp_path), batch_size=4, num_workers=0)
+    dm.setup()
+    assert len(dm.train_set) == 20 and len(dm.val_set) == 5
+    sample = dm.train_set[(0, 3)]
+    assert sample["image"].shape == (1, 28, 28) and sample["label"] == 3
+
+
+def test_missing_fashion_mnist_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "absent")
+    with pytest.raises(DataError) as e:
+        FashionMNIST(root=str(tmp_path / "empty"), num_workers=0).setup()
+    message = str(e.value)
+    assert str(tmp_path / "empty") in message and "apt-get install -y dataset-fashion-mnist" in message
+    assert "data.download=true" in message and "\n" not in message
+
+
+def test_corrupt_idx_file_is_named(tmp_path):
+    bad = tmp_path / "train-images-idx3-ubyte.gz"
+    bad.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=str(bad)):
+        read_idx(bad)
+
+
+@pytest.mark.skipif(not fashion_mnist.DEBIAN_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_debian_fashion_mnist_is_found():
+    dm = FashionMNIST(num_workers=0)
+    dm.setup()
+    assert len(dm.train_set) == 60000 and len(dm.val_set) == 10000

@@ -1,0 +1,257 @@
+"""Reliability by real fault injection: SIGKILL mid-run and mid-save, truncated checkpoints, NaN losses,
+malicious checkpoints, corrupt images, read-only run folders, and config changes on resume."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TINY, run_train
+from PIL import Image
+
+from selfsup.checkpoint_io import SAVE_DELAY_ENV, CheckpointError, atomic_save, load_checkpoint, newest_loadable
+from selfsup.data.image_folder import ImageFolder
+from selfsup.errors import DataError
+
+STEPS = 12
+BASE = ["objective=mae", *TINY, "trainer.log_every_n_steps=1", "trainer.limit_val_batches=2",
+        "trainer.deterministic=true", f"trainer.max_steps={STEPS}", "checkpoint.every_n_steps=2"]
+ARGS = [*BASE, "data=synthetic", "data.num_samples=512", "data.batch_size=32"]
+
+
+def train_rows(run_dir: Path) -> dict[int, str]:
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    steps = [int(r["step"]) for r in rows]
+    assert len(steps) == len(set(steps)), f"duplicated rows: {sorted(steps)}"
+    return {int(r["step"]): r["train/loss"] for r in rows}
+
+
+def error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    return lines[0]
+
+
+def start_train(args: list[str], env: dict | None = None) -> subprocess.Popen:
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONWARNINGS="ignore", **(env or {}))
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_until(condition, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("reference")
+    r = run_train([*ARGS, f"run_dir={run_dir}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run_dir
+
+
+def assert_same_run(run_dir: Path, reference: Path) -> None:
+    a = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    b = load_checkpoint(reference / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == STEPS
+    for name, tensor in b["state_dict"].items():
+        assert torch.equal(a["state_dict"][name], tensor), name
+    assert train_rows(run_dir) == train_rows(reference)  # each step once, same values
+
+
+def test_sigkill_at_a_random_step_then_resume_is_bit_identical(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    kill_after = random.Random().randint(3, STEPS - 2)
+    proc = start_train([*ARGS, f"run_dir={run_dir}"])
+    wait_until(lambda: (run_dir / "metrics.csv").is_file() and len(train_rows(run_dir)) >= kill_after)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = run_train([*ARGS, f"run_dir={run_dir}", "resume=auto"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_run(run_dir, reference)
+
+
+def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_whole(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_train([*ARGS, f"run_dir={run_dir}"], env={SAVE_DELAY_ENV: "60"})
+    ckpts = run_dir / "checkpoints"
+    # the first last.ckpt is written at step 2; the pause holds the rename when overwriting it at step 4
+    wait_until(lambda: (ckpts / "last.ckpt").is_file() and any(ckpts.glob(".last.ckpt.*.tmp")))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(ckpts / "last.ckpt")["global_step"] == 2  # the previous one, whole
+    r = run_train([*ARGS, f"run_dir={run_dir}", "resume=auto"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not list(ckpts.glob(".*.tmp"))
+    assert_same_run(run_dir, reference)
+
+
+def test_truncated_checkpoint_is_named_and_skipped(tmp_path, capsys):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    atomic_save({"global_step": 4, "state_dict": {"w": torch.ones(3)}}, folder / "step_0000004.ckpt")
+    time.sleep(0.02)
+    atomic_save({"global_step": 6, "state_dict": {"w": torch.ones(1000)}}, folder / "last.ckpt")
+    data = (folder / "last.ckpt").read_bytes()
+    (folder / "last.ckpt").write_bytes(data[: len(data) // 2])
+    path, step = newest_loadable(folder)
+    assert path.name == "step_0000004.ckpt" and step == 4
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert len(warning) == 1 and "skipping checkpoint" in warning[0] and "last.ckpt" in warning[0]
+
+
+class CreatesFile:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_checkpoint_with_a_pickled_object_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"global_step": 1, "state_dict": {}, "payload": CreatesFile(str(marker))}, evil)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_checkpoint(evil)
+    r = run_train([*ARGS, f"run_dir={tmp_path / 'run'}", f"resume={evil}"])
+    assert r.returncode == 2 and "refusing to load" in error_line(r.stderr)
+    assert not marker.exists()
+
+
+def nan_run(tmp_path: Path, extra: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    """train.py with the NaN-injecting objective of tests/targets.py."""
+    pythonpath = os.pathsep.join(p for p in (str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p)
+    return run_train([*ARGS, "objective._target_=targets.NaNMAE", f"run_dir={tmp_path}", *extra],
+                     env={"PYTHONPATH": pythonpath}, timeout=timeout)
+
+
+def test_nonfinite_stop_names_step_term_and_last_good_checkpoint(tmp_path):
+    r = nan_run(tmp_path, ["+objective.nan_at_calls=[6]"])
+    line = error_line(r.stderr)
+    assert r.returncode == 2
+    assert "non-finite loss at step 5" in line and "last good checkpoint" in line and "(step 4)" in line
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 4
+    assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+
+
+def test_nonfinite_loss_on_one_process_stops_every_process_at_that_step(tmp_path):
+    """Under DDP a NaN in one process's batch stops all of them at the same step, not one process leaving the
+    others waiting in the next collective (a hang until the timeout)."""
+    r = nan_run(tmp_path, ["+objective.nan_at_calls=[6]", "+objective.nan_on_rank=1", "trainer.devices=2",
+                           "trainer.strategy=ddp", "data.batch_size=16"], timeout=300)
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert len(lines) == 2 and lines[0] == lines[1], lines  # each process, the same step
+    assert "non-finite loss at step 5" in lines[0] and "(step 4)" in lines[0]
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 4
+
+
+def test_nonfinite_skip_drops_the_update_and_counts_it(tmp_path):
+    r = nan_run(tmp_path, ["+objective.nan_at_calls=[3,7]", "trainer.nonfinite=skip"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == STEPS and all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+    with (tmp_path / "metrics.csv").open(newline="") as f:
+        skipped = [float(r["train/skipped_steps"]) for r in csv.DictReader(f) if r.get("train/skipped_steps")]
+    assert skipped[0] == 0.0 and skipped[-1] == 2.0 and skipped == sorted(skipped)
+
+
+def test_nonfinite_skip_stops_after_too_many_in_a_row(tmp_path):
+    r = nan_run(tmp_path, [f"+objective.nan_at_calls={list(range(3, 40))}", "trainer.nonfinite=skip",
+                           "trainer.nonfinite_max_consecutive_skips=3"])
+    assert r.returncode == 2 and "4 consecutive steps had a non-finite loss" in error_line(r.stderr)
+
+
+def write_images(folder: Path, n: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (36, 36), (i * 20 % 255, 100, 50)).save(folder / f"good_{i}.png")
+
+
+def corrupt_images(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    Image.new("RGB", (36, 36), (1, 2, 3)).save(buf, format="PNG")
+    bad = {"truncated.png": buf.getvalue()[:60], "empty.png": b"", "not_an_image.jpg": b"hello, not a JPEG"}
+    for name, data in bad.items():
+        (folder / name).write_bytes(data)
+    return [folder / name for name in bad]
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path):
+    write_images(tmp_path / "cls_a", 6)
+    corrupt_images(tmp_path / "cls_a")
+    dm = ImageFolder(root=str(tmp_path), image_size=32, batch_size=3, num_workers=0)
+    dm.setup()
+    samples = [dm.train_set[(0, i)] for i in range(len(dm.train_set))]
+    assert len(samples) == 9 and sum(s["skipped"] for s in samples) >= 3
+    assert all(s["image"].shape == (3, 32, 32) for s in samples)
+
+    strict = ImageFolder(root=str(tmp_path), image_size=32, batch_size=3, num_workers=0, on_error="raise")
+    strict.setup()
+    with pytest.raises(DataError, match=r"cannot read .*(truncated|empty|not_an_image)"):
+        [strict.train_set[(0, i)] for i in range(len(strict.train_set))]
+
+
+def test_training_on_a_folder_with_corrupt_images_logs_the_count(tmp_path):
+    write_images(tmp_path / "data" / "cls_a", 10)
+    corrupt_images(tmp_path / "data" / "cls_a")
+    run_dir = tmp_path / "run"
+    r = run_train([*BASE, "data=image_folder", f"data.root={tmp_path / 'data'}", "data.image_size=32",
+                   "data.batch_size=4", "data.num_workers=1", "trainer.max_steps=6", f"run_dir={run_dir}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        counts = [float(r["data/skipped_samples"]) for r in csv.DictReader(f) if r.get("data/skipped_samples")]
+    assert counts and counts[-1] >= 1
+
+
+def test_a_folder_without_any_readable_image_fails_before_training(tmp_path):
+    corrupt_images(tmp_path / "data" / "cls_a")
+    r = run_train([*BASE, "data=image_folder", f"data.root={tmp_path / 'data'}", "data.image_size=32",
+                   "data.batch_size=2", "data.num_workers=0", f"run_dir={tmp_path / 'run'}"])
+    line = error_line(r.stderr)
+    assert r.returncode == 2 and "no readable sample in image_folder" in line and str(tmp_path / "data") in line
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_read_only_run_folder_is_refused_before_any_work(tmp_path):
+    target = Path("/sys/selfsup-test-run")  # sysfs is read-only, even for root
+    try:
+        target.mkdir()
+        target.rmdir()
+        pytest.skip("/sys is writable here")
+    except OSError:
+        pass
+    r = run_train([*ARGS, f"run_dir={target}"])
+    assert r.returncode == 2 and f"run folder {target} is not writable" in error_line(r.stderr)
+
+
+def test_run_folder_records_versions_and_refuses_a_different_model_on_resume(reference, tmp_path):
+    info = (reference / "run_info.jsonl").read_text().splitlines()
+    assert len(info) == 1
+    for key in ('"torch"', '"lightning"', '"timm"', '"selfsup"', '"git_commit"'):
+        assert key in info[0]
+    run_dir = tmp_path / "run"
+    assert run_train([*ARGS, "trainer.max_steps=2", f"run_dir={run_dir}"]).returncode == 0
+    r = run_train([*ARGS, "trainer.max_steps=2", f"run_dir={run_dir}", "resume=auto", "objective.mask_ratio=0.5"])
+    line = error_line(r.stderr)
+    assert r.returncode == 2 and "objective.mask_ratio: 0.75 -> 0.5" in line
+    r = run_train([*ARGS, "trainer.max_steps=4", f"run_dir={run_dir}", "resume=auto"])  # a longer budget is fine
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 4
+    assert len((run_dir / "run_info.jsonl").read_text().splitlines()) == 2

@@ -1,0 +1,104 @@
+"""Against a real one-node SLURM cluster (slurm/local_cluster.sh): sbatch DDP, submitit sweeps, preemption.
+
+Skipped, with the reason, only where slurm-wlm is absent or we are not root; CI installs it and sets
+SELFSUP_REQUIRE_SLURM=1, which turns a skip into a failure.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TINY, run_train
+from slurm_utils import job_field, sbatch, slurm_unavailable_reason, start_cluster, wait_for_job
+
+CPU_JOB = ["--partition=local", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15"]
+SMALL = [a for a in TINY if a not in ("trainer=cpu",)] + [
+    "objective=mae", "data=synthetic", "trainer.accelerator=cpu", "trainer.precision=32-true",
+    "trainer.log_every_n_steps=1", "trainer.limit_val_batches=2", "data.batch_size=32",
+]
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    reason = slurm_unavailable_reason()
+    if reason:
+        if os.environ.get("SELFSUP_REQUIRE_SLURM"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    start_cluster()
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    steps = [int(r["step"]) for r in rows]
+    assert len(steps) == len(set(steps)), f"duplicated rows: {sorted(steps)}"
+    return {int(r["step"]): float(r["train/loss"]) for r in rows}
+
+
+def test_sbatch_two_tasks_train_with_ddp(slurm, tmp_path):
+    out = tmp_path / "job.out"
+    job = sbatch([*CPU_JOB, "--ntasks-per-node=2", f"--output={out}", str(ROOT / "slurm" / "train.sbatch"),
+                  *SMALL, "trainer.strategy=ddp", "trainer.max_steps=3"])
+    assert wait_for_job(job) == "COMPLETED", out.read_text()[-3000:]
+    log = out.read_text()
+    assert "process 0 of world size 2" in log and "process 1 of world size 2" in log
+    ckpt = torch.load(ROOT / "runs" / "slurm" / job / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)
+    assert ckpt["global_step"] == 3
+
+
+def test_hydra_sweep_through_the_submitit_slurm_launcher(slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm", *SMALL, "seed=0,1",
+         "trainer.max_steps=2", f"hydra.sweep.dir={sweep}", "hydra.launcher.partition=local",
+         "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=15",
+         "logger.wandb.mode=offline"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ, WANDB_SILENT="true"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name for p in runs] == ["0_mae_seed0", "1_mae_seed1"]
+    for run in runs:
+        assert (run / "checkpoints" / "last.ckpt").is_file()
+        assert sorted(train_losses(run)) == [0, 1]
+        # both runs joined the wandb group named after the sweep (stored in the offline run's record)
+        record = next(run.glob("wandb/offline-run-*/run-*.wandb")).read_bytes()
+        assert sweep.name.encode() in record
+
+
+def test_preempted_job_requeues_and_resumes_to_the_same_end(slurm, tmp_path):
+    steps = 24
+    args = [*SMALL, f"trainer.max_steps={steps}"]
+    reference = tmp_path / "reference"
+    assert run_train([*args, f"run_dir={reference}"]).returncode == 0
+
+    out = tmp_path / "job.out"
+    job = sbatch([*CPU_JOB, "--ntasks-per-node=1", "--open-mode=append", f"--output={out}",
+                  str(ROOT / "slurm" / "train.sbatch"), *args])
+    run_dir = ROOT / "runs" / "slurm" / job
+    deadline = time.time() + 240
+    while time.time() < deadline:  # signal once a third of the steps are logged
+        if (run_dir / "metrics.csv").is_file() and len(train_losses(run_dir)) >= steps // 3:
+            break
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    assert wait_for_job(job) == "COMPLETED", out.read_text()[-3000:]
+    log = out.read_text()
+    assert job_field(job, "Restarts") == "1"
+    assert "SIGUSR1 received" in log and "requeued SLURM job" in log and "restart 1" in log
+    resumed_at = int(log.split("resuming from ")[1].split("(step ")[1].split(";")[0])
+    assert steps // 3 <= resumed_at < steps
+
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ref = torch.load(reference / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == ref["global_step"] == steps
+    assert train_losses(run_dir) == train_losses(reference)  # every step once, same values
+    for name, tensor in ref["state_dict"].items():
+        assert torch.equal(tensor, ckpt["state_dict"][name]), name

@@ -1,0 +1,121 @@
+"""The trusted-target check: a run folder's config is data, so nothing it names outside selfsup is built."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import torch_load_payload
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from selfsup.checks import choices
+from selfsup.errors import ConfigError
+from selfsup.instantiate import TRUST_VARIABLE, build, check_trusted, is_trusted, load_trusted_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs"
+
+
+def run_config(extra: dict) -> dict:
+    """A run folder's config.yaml as selfsup writes it, with `extra` merged into its backbone."""
+    backbone = {"_target_": "selfsup.backbones.vit.ViT", "name": "vit_tiny_patch16_224", "img_size": 28,
+                "in_chans": 1, "depth": 1, **extra}
+    return {"seed": 0, "backbone": backbone, "data": {"_target_": "selfsup.data.synthetic.Synthetic"}}
+
+
+def payloads(marker: Path) -> dict[str, tuple[dict, str]]:
+    """name -> (config, the key path the refusal must name)."""
+    return {
+        "torch_load_base64": (run_config({"pos_embed": torch_load_payload(marker)}), "backbone.pos_embed._target_"),
+        "os_system": (run_config({"name": {"_target_": "os.system", "_args_": [f"touch {marker}"]}}),
+                      "backbone.name._target_"),
+        "builtins_eval": (run_config({"depth": {"_target_": "builtins.eval", "_args_": ["1"]}}),
+                          "backbone.depth._target_"),
+        "subprocess_run": (run_config({"name": {"_target_": "subprocess.run", "args": ["touch", str(marker)]}}),
+                           "backbone.name._target_"),
+        "nested_in_a_list": (run_config({"extra": [1, {"deeper": [{"_target_": "os.system", "_args_": ["true"]}]}]}),
+                             "backbone.extra[1].deeper[0]._target_"),
+        "reexported_module": (run_config({"name": {"_target_": "selfsup.runs.os.system", "_args_": ["true"]}}),
+                              "backbone.name._target_"),
+        "partial": (run_config({"name": {"_target_": "os.system", "_partial_": True}}), "backbone.name._target_"),
+        "interpolated_target": ({**run_config({"name": {"_target_": "${evil}"}}), "evil": "posix.system"},
+                                "backbone.name._target_"),
+        "decoded_target": ({**run_config({"name": "${oc.decode:'{_target_: os.system, _args_: [true]}'}"})},
+                           "backbone.name._target_"),
+        "the_whole_node": ({**run_config({}), "backbone": {"_target_": "timm.create_model",
+                                                           "model_name": "vit_tiny_patch16_224"}},
+                           "backbone._target_"),
+    }
+
+
+@pytest.mark.parametrize("name", list(payloads(Path("m"))))
+def test_untrusted_targets_in_a_run_config_are_refused_before_anything_is_built(tmp_path, name):
+    marker = tmp_path / "marker"
+    config, where = payloads(marker)[name]
+    path = tmp_path / "config.yaml"
+    OmegaConf.save(OmegaConf.create(config), path)
+    with pytest.raises(ConfigError) as e:
+        load_trusted_config(path)
+    message = str(e.value)
+    assert "\n" not in message and f"refused {where}=" in message and TRUST_VARIABLE in message
+    assert not marker.exists()
+
+
+def test_the_payload_does_run_without_the_check(tmp_path):
+    """The base64 payload is real: Hydra's instantiate alone runs it (which is why every run config is checked)."""
+    marker = tmp_path / "marker"
+    build(OmegaConf.create(torch_load_payload(marker)))
+    assert marker.exists()
+
+
+def test_user_trusted_names_and_prefixes(monkeypatch):
+    assert not is_trusted("collections.OrderedDict")
+    monkeypatch.setenv(TRUST_VARIABLE, "collections.OrderedDict, json.")
+    assert is_trusted("collections.OrderedDict")
+    assert is_trusted("json.loads")  # a function defined in json
+    assert not is_trusted("json.decoder.re.compile")  # reached through json, defined elsewhere
+    assert not is_trusted("collections.Counter")
+
+
+def test_selfsup_targets_must_be_defined_in_selfsup():
+    assert is_trusted("selfsup.backbones.vit.ViT")
+    assert is_trusted("selfsup.optim.OptimConfig.from_recipe")
+    assert not is_trusted("selfsup.runs.shutil.rmtree")
+    assert not is_trusted("selfsup.no_such_module.Thing")
+    assert not is_trusted("selfsup.instantiate.EXTERNAL_TARGETS")  # not a callable
+    assert not is_trusted(["selfsup.backbones.vit.ViT"])
+
+
+def composed(objective: str, *extra: str) -> dict:
+    """A training config as train.py saves it to RUN/config.yaml (resolved)."""
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"objective={objective}", "run_dir=/tmp/run", *extra])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("objective", choices(CONFIG_DIR, "objective"))
+def test_every_config_selfsup_writes_passes_the_check(tmp_path, objective):
+    config = composed(objective)
+    path = tmp_path / "config.yaml"
+    OmegaConf.save(OmegaConf.create(config), path)
+    assert OmegaConf.to_container(load_trusted_config(path)) == config
+
+
+@pytest.mark.parametrize("data", [d for d in choices(CONFIG_DIR, "data")])
+def test_every_data_choice_passes_the_check(data):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("eval", overrides=[f"data={data}", "checkpoint=x"])
+    check_trusted(cfg, "eval config")
+
+
+def test_unreadable_run_configs_are_one_line_errors(tmp_path):
+    bad = tmp_path / "config.yaml"
+    bad.write_text("backbone: [unclosed\n")
+    with pytest.raises(ConfigError, match="not a readable config"):
+        load_trusted_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="not a config mapping"):
+        load_trusted_config(bad)
+    bad.write_text("a: ${missing}\n")
+    with pytest.raises(ConfigError, match="cannot resolve it"):
+        load_trusted_config(bad)

@@ -1,6 +1,6 @@
 """The one place where configs become a run: the pieces (backbone, objective, data), the trainer's parts
 (precision, SyncBatchNorm, cluster plugins, loggers, callbacks, monitors, budget), the module, and, for evaluation,
-a pretrained run rebuilt from its folder (through instantiate.load_trusted_config: a run folder is data).
+a pretrained run rebuilt from its folder (through runs.trusted_config: a run folder is data).
 
 Everything is built through `instantiate.build`; the entry points (selfsup/commands/) call this module and
 nothing below it builds from a config.
@@ -34,7 +34,7 @@ from selfsup.evaluation.export_formats import WEIGHTS as EXPORT_WEIGHTS
 from selfsup.evaluation.pretrained import Pretrained, backbone_state, load_weights, objective_state, resolve_checkpoint
 from selfsup.evaluation.protocol import EVAL_VIEWS, Protocol
 from selfsup.evaluation.zero_shot import class_names_of
-from selfsup.instantiate import build, check_trusted
+from selfsup.instantiate import build, trusted_node
 from selfsup.module import PretrainModule
 from selfsup.objectives.base import Objective
 from selfsup.optim import OptimConfig
@@ -247,14 +247,15 @@ def load_pretrained(path: str | Path | None, eval_model_modality: str | None = N
         load_weights(model, backbone_state(checkpoint, ckpt_path), ckpt_path, run_dir, "backbone")
     if eval_model_modality is not None:
         objective = build(run_cfg.objective, backbone=model)
-        if not random_init:
-            load_weights(objective, objective_state(checkpoint), ckpt_path, run_dir, "objective")
-        model = objective.eval_model(model)
-        have = getattr(model, "modality", None)
+        eval_model = objective.eval_model(model)
+        have = getattr(eval_model, "modality", None)
         if have != eval_model_modality:
             raise ConfigError(f"{run_dir} was trained with {type(objective).__name__}, whose evaluation model takes "
                               f"{have} input; this protocol needs an {eval_model_modality} model (a run of an "
                               f"objective that trains one)")
+        if not random_init:
+            load_weights(objective, objective_state(checkpoint), ckpt_path, run_dir, "objective")
+        model = eval_model
     return Pretrained(model.eval(), run_cfg, ckpt_path, run_dir, int(checkpoint.get("global_step", 0)))
 
 
@@ -314,10 +315,11 @@ def build_eval_data(data_cfg: DictConfig | None, pre: Pretrained, views: list[di
 
 def load_exported_module(folder: str | Path) -> torch.nn.Module:
     """A backbone exported in selfsup's own format (evaluation/export_formats.export_module), rebuilt from its
-    config node (checked by check_trusted: an export folder is data too) with its weights loaded strictly."""
+    config node (checked by instantiate.trusted_node: an export folder is data too) with its weights loaded
+    strictly."""
     folder = Path(folder)
     config = json.loads((folder / EXPORT_CONFIG).read_text())
-    node = check_trusted(config["backbone"], str(folder / EXPORT_CONFIG))
+    node = trusted_node(config.get("backbone"), f"{folder / EXPORT_CONFIG} backbone")
     model = build(OmegaConf.create(node))
     model.load_state_dict(load_file(str(folder / EXPORT_WEIGHTS)), strict=True)
     return model.eval()

@@ -17,7 +17,7 @@ class AppendingWriter(ExperimentWriter):
                 self.metrics_keys = sorted(next(csv.reader(f), []))
 
     def log_metrics(self, metrics_dict: dict[str, float], step: int | None = None) -> None:
-        """Record a row, unless it repeats the previous one exactly (see callbacks/checkpoint.py)."""
+        """Record a row, unless it repeats the previous one exactly (see callbacks/run_checkpoint.py)."""
         row = (step, {k: float(v) for k, v in metrics_dict.items()})
         if row == getattr(self, "_last_row", None):
             return

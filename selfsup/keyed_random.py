@@ -53,11 +53,10 @@ def uniform(keys: torch.Tensor, n: int, stream: int = 0) -> torch.Tensor:
     return (bits >> 8).to(torch.float32) * (1.0 / (1 << 24))
 
 
-def per_sample_uniform(batch: dict, n: int, stream: int, device: torch.device) -> torch.Tensor:
-    """(B, n) U[0, 1) numbers for a batch: keyed by its samples' `key` where the batch has one (the same numbers
-    whatever the batch composition, process count or resume point), else from the global generator."""
-    keys = batch.get("key")
+def per_sample_uniform(keys: torch.Tensor | None, size: int, n: int, stream: int,
+                       device: torch.device) -> torch.Tensor:
+    """(size, n) U[0, 1) numbers for a batch: keyed by its samples' keys where the batch has them (the same
+    numbers whatever the batch composition, process count or resume point), else from the global generator."""
     if keys is not None:
         return uniform(keys.to(device), n, stream=stream)
-    size = len(next(v for v in batch.values() if isinstance(v, torch.Tensor)))
     return torch.rand(size, n, device=device)

@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from selfsup.errors import ConfigError
-from selfsup.instantiate import load_trusted_config
+from selfsup.instantiate import load_trusted_config, upgrade_targets
 
 CHECKPOINTS = "checkpoints"
 CONFIG = "config.yaml"
@@ -58,9 +58,10 @@ def run_folder(path: str | Path | None) -> Path:
 
 
 def trusted_config(run_dir: Path) -> DictConfig:
-    """A run folder's config, resolved and with every `_target_` checked (instantiate.load_trusted_config): the
-    only way selfsup reads a config it will build from."""
-    return load_trusted_config(run_dir / CONFIG)
+    """A run folder's config, checked (instantiate.load_trusted_config): the only way selfsup reads a config it
+    will build from. The `callbacks` of training are left out: nothing is built from them later, and a run
+    trained with a callback of one's own stays readable."""
+    return load_trusted_config(run_dir / CONFIG, drop=("callbacks",))
 
 
 def kept_tokenizer(run_dir: str | Path) -> Path | None:
@@ -127,7 +128,7 @@ def check_resume_config(run_dir: Path, new: dict) -> None:
     if not path.is_file():
         return
 
-    old = flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+    old = flatten(upgrade_targets(OmegaConf.to_container(OmegaConf.load(path), resolve=False)))
     new_flat = flatten(new)
     watched = lambda key: any(key == k or key.startswith(k + ".") for k in IDENTITY_KEYS)  # noqa: E731
     differing = sorted(k for k in set(old) | set(new_flat) if watched(k) and old.get(k) != new_flat.get(k))

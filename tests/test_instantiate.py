@@ -1,6 +1,7 @@
 """The trusted-target check: a run folder's config is data, so nothing it names outside selfsup is built."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,14 @@ def payloads(marker: Path) -> dict[str, tuple[dict, str]]:
         "interpolated_target": ({**run_config({"name": {"_target_": "${evil}"}}), "evil": "posix.system"},
                                 "backbone.name._target_"),
         "decoded_target": ({**run_config({"name": "${oc.decode:'{_target_: os.system, _args_: [true]}'}"})},
-                           "backbone.name._target_"),
+                           "backbone.name"),
+        "environment_variable": (run_config({"name": "${oc.env:HOME}"}), "backbone.name"),
+        "a_loader_key": (run_config({"checkpoint_path": str(marker)}), "backbone.checkpoint_path"),
+        "a_selfsup_function_that_runs_git": (run_config({"name": {"_target_": "selfsup.run_info._git_commit",
+                                                                  "repo": str(marker)}}), "backbone.name._target_"),
+        "a_selfsup_function_that_writes": (run_config({"name": {"_target_": "selfsup.evaluation.results.update_results",
+                                                                "path": str(marker), "key": "k", "entry": {}}}),
+                                           "backbone.name._target_"),
         "the_whole_node": ({**run_config({}), "backbone": {"_target_": "timm.create_model",
                                                            "model_name": "vit_tiny_patch16_224"}},
                            "backbone._target_"),
@@ -61,6 +69,34 @@ def test_untrusted_targets_in_a_run_config_are_refused_before_anything_is_built(
     assert not marker.exists()
 
 
+def test_an_escaped_interpolation_is_refused(tmp_path):
+    """`\\${...}` resolves to the text `${...}`, which OmegaConf would read as an interpolation again later."""
+    marker = tmp_path / "marker"
+    path = tmp_path / "config.yaml"
+    path.write_text("backbone:\n  _target_: selfsup.backbones.resnet.ResNet\n"
+                    f"  name: '\\${{oc.create:{{_target_: os.system, _args_: [touch {marker}]}}}}'\n")
+    assert "\\${oc.create" in path.read_text()
+    with pytest.raises(ConfigError, match="refused backbone.name=.*an interpolation"):
+        load_trusted_config(path)
+    assert not marker.exists()
+
+
+def test_an_export_folder_is_checked_too(tmp_path):
+    from selfsup.assemble import load_exported_module
+
+    for backbone in ("{_target_: builtins.print, _args_: [x]}", {"_target_": "selfsup.backbones.resnet.ResNet",
+                                                                  "name": "${oc.create:{_target_: os.getcwd}}"}):
+        (tmp_path / "config.json").write_text(json.dumps({"format": "selfsup-module", "backbone": backbone}))
+        with pytest.raises(ConfigError, match="refused|not a config mapping"):
+            load_exported_module(tmp_path)
+
+
+def test_targets_of_renamed_modules_are_read_under_their_new_names(tmp_path):
+    path = tmp_path / "config.yaml"
+    OmegaConf.save(OmegaConf.create({"backbone": {"_target_": "selfsup.backbones.text.TextTransformer"}}), path)
+    assert load_trusted_config(path).backbone._target_ == "selfsup.backbones.text_transformer.TextTransformer"
+
+
 def test_the_payload_does_run_without_the_check(tmp_path):
     """The base64 payload is real: Hydra's instantiate alone runs it (which is why every run config is checked)."""
     marker = tmp_path / "marker"
@@ -72,14 +108,22 @@ def test_user_trusted_names_and_prefixes(monkeypatch):
     assert not is_trusted("collections.OrderedDict")
     monkeypatch.setenv(TRUST_VARIABLE, "collections.OrderedDict, json.")
     assert is_trusted("collections.OrderedDict")
-    assert is_trusted("json.loads")  # a function defined in json
-    assert not is_trusted("json.decoder.re.compile")  # reached through json, defined elsewhere
+    assert is_trusted("json.decoder.JSONDecoder")  # a class defined in json, under its own name
+    assert not is_trusted("json.JSONDecoder")  # re-exported: not its canonical name
+    assert not is_trusted("json.loads")  # a prefix trusts classes, not functions
+    assert not is_trusted("json.decoder.re.Pattern")  # reached through json, defined elsewhere
     assert not is_trusted("collections.Counter")
 
 
-def test_selfsup_targets_must_be_defined_in_selfsup():
+def test_selfsup_targets_must_be_classes_of_a_run_under_their_own_name():
     assert is_trusted("selfsup.backbones.vit.ViT")
-    assert is_trusted("selfsup.optim.OptimConfig.from_recipe")
+    assert is_trusted("selfsup.data.synthetic.Synthetic")
+    assert is_trusted("selfsup.evaluation.knn.KNNProtocol")
+    assert is_trusted("selfsup.callbacks.online_monitors.KNNMonitor")
+    assert is_trusted("selfsup.optim.OptimConfig.from_recipe")  # named one by one
+    assert not is_trusted("selfsup.optim.OptimConfig")  # a dataclass, not a piece of a run
+    assert not is_trusted("selfsup.run_info.record_run_info")  # functions write and run things
+    assert not is_trusted("selfsup.assemble.ViT")  # not its canonical name
     assert not is_trusted("selfsup.runs.shutil.rmtree")
     assert not is_trusted("selfsup.no_such_module.Thing")
     assert not is_trusted("selfsup.instantiate.EXTERNAL_TARGETS")  # not a callable
@@ -105,7 +149,7 @@ def test_every_config_selfsup_writes_passes_the_check(tmp_path, objective):
 def test_every_data_choice_passes_the_check(data):
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("eval", overrides=[f"data={data}", "checkpoint=x"])
-    check_trusted(cfg, "eval config")
+    check_trusted(OmegaConf.to_container(cfg, resolve=True), "eval config")
 
 
 def test_unreadable_run_configs_are_one_line_errors(tmp_path):
@@ -117,5 +161,5 @@ def test_unreadable_run_configs_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="not a config mapping"):
         load_trusted_config(bad)
     bad.write_text("a: ${missing}\n")
-    with pytest.raises(ConfigError, match="cannot resolve it"):
+    with pytest.raises(ConfigError, match="refused a=.*an interpolation"):
         load_trusted_config(bad)

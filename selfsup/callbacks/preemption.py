@@ -65,7 +65,7 @@ class Preemption(pl.Callback):
         path = self.checkpoint.last_path
         rank_zero_info(f"preemption: {name} received; saving {path} at step {trainer.global_step}")
         trainer.save_checkpoint(path)
-        self.checkpoint.freeze()  # no later write may replace this one (see callbacks/checkpoint.py)
+        self.checkpoint.freeze()  # no later write may replace this one (see callbacks/run_checkpoint.py)
         if self.requeue and trainer.is_global_zero:
             requeue_slurm_job()
         trainer.should_stop = True

@@ -11,8 +11,8 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 class ProgressBar(TQDMProgressBar):
     """Shows the training loss without logging it as a progress-bar metric: Lightning turns those into Python
     numbers after every step, one host-device sync each. This bar keeps the step's loss tensor and reads it
-    only when it refreshes (every `refresh_rate` steps, which train.py sets to the logging interval, where the
-    loggers read their values anyway)."""
+    only when it refreshes (every `refresh_rate` steps, which configs/callbacks/progress_bar.yaml sets to the
+    logging interval, where the loggers read their values anyway)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

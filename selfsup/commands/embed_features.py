@@ -6,7 +6,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from selfsup.assemble import build_eval_data, load_pretrained
-from selfsup.commands.evaluate import required
+from selfsup.commands.compose_config import required
 from selfsup.errors import ConfigError
 from selfsup.evaluation.data import pick_device
 from selfsup.evaluation.embeddings import check_output, save_embeddings

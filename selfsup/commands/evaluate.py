@@ -48,7 +48,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     data = build_eval_data(cfg.get("data"), pre, protocol.views, cfg.seed, cfg.batch_size)
     if protocol.needs_labels:
         check_labelled(data, f"protocol={protocol.name}")
-    if protocol.trains_backbone:
+    if protocol.trains:
         data.check_before_training(1)
 
     out_dir = Path(cfg.out).expanduser() if cfg.get("out") else pre.run_dir

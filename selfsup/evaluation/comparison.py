@@ -26,6 +26,7 @@ MAX_SHOWN = 3  # differing config keys named in a variant's label
 LOSS, WALL, RATE, MEMORY, EPOCH = "train/loss", "train/wall_s", "train/samples_per_s", "train/peak_mem_gib", "epoch"
 # Config keys that do not change what is trained: runs differing only in these are seeds of one method.
 IGNORED = ("seed", "run_dir", "resume", "min_free_gb", "pictures_every_n_epochs", "compile", "checkpoint.",
+           "callbacks.", "optim._target_", "optim._partial_",
            "preemption.", "logger.", "monitors.", "hydra.", "data.root", "data.download", "data.num_workers",
            "data.on_error", "data.augment_on", "data.pin_memory", "data.val_batch_size", "data.tokenizer.cache_dir",
            "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.precision",

@@ -134,7 +134,7 @@ class FinetuneProtocol(Protocol):
     """eval.py protocol=finetune: every backbone weight and a linear head, trained on augmented views."""
 
     name = "finetune"
-    trains_backbone = True
+    trains = True
 
     def __init__(self, epochs: int = 50, base_lr: float = 5e-4, lr: float | None = None, weight_decay: float = 0.05,
                  layer_decay: float = 0.75, warmup_epochs: float = 5, label_smoothing: float = 0.1,

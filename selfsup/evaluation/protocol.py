@@ -48,14 +48,14 @@ class Protocol:
     `views`: the training views the data module makes for it (fine-tuning augments; frozen-feature protocols
     only use eval views). Every protocol but retrieval needs labels. `eval_model_modality`: the protocol runs
     on the objective's eval model (Objective.eval_model) of that modality instead of the backbone;
-    `trains_backbone`: it trains the backbone itself (the data must hold a full batch).
+    `trains`: it trains on the data's training batches (fine-tuning, LoRA: the data must hold a full batch).
     """
 
     name: ClassVar[str]
     views: list[dict[str, Any]] = EVAL_VIEWS
     needs_labels: ClassVar[bool] = True
     eval_model_modality: ClassVar[str | None] = None
-    trains_backbone: ClassVar[bool] = False
+    trains: ClassVar[bool] = False
 
     def run(self, backbone: nn.Module, ctx: EvalContext) -> dict[str, float]:  # pragma: no cover - abstract
         raise NotImplementedError

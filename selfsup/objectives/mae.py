@@ -120,8 +120,9 @@ class MAE(Objective):
 
     def mask_noise(self, batch: dict[str, Any], num_patches: int) -> torch.Tensor:
         """Per-sample noise keyed by the sample (reproducible across resume and DDP), else torch.rand."""
-        return keyed_random.per_sample_uniform(batch, num_patches, keyed_random.PATCH_MASK_STREAM,
-                                               batch["image"].device)
+        images = batch["image"]
+        return keyed_random.per_sample_uniform(batch.get("key"), len(images), num_patches,
+                                               keyed_random.PATCH_MASK_STREAM, images.device)
 
     def forward(self, backbone: nn.Module, batch: dict[str, Any]) -> StepOutput:
         patches = backbone.patchify(batch["image"])

@@ -191,7 +191,8 @@ class MLM(Objective):
         sample's masking does not depend on how long its batch is padded."""
         ids = batch["input_ids"]
         b, length = ids.shape
-        noise = keyed_random.per_sample_uniform(batch, 3 * length, keyed_random.TOKEN_MASK_STREAM, ids.device)
+        noise = keyed_random.per_sample_uniform(batch.get("key"), b, 3 * length, keyed_random.TOKEN_MASK_STREAM,
+                                                ids.device)
         return noise.view(b, length, 3)
 
     def mask(self, batch: dict[str, Any]) -> MaskedTokens:

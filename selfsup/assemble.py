@@ -124,6 +124,15 @@ def build_loggers(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> list
     return loggers
 
 
+def close_loggers(trainer: pl.Trainer) -> None:
+    """End the wandb run of this job: jobs of a sweep that share a process (Hydra's basic launcher runs them one
+    after another) would otherwise all log into the first job's run."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger._experiment.finish()
+            logger._experiment = None
+
+
 def zero_shot_data(node: Any, train_data: Any, seed: int) -> Any:
     """monitors.zero_shot.data built for the run: labelled images at the run's image size, channel count and
     normalisation (what the image tower expects), checked before training starts."""
@@ -187,6 +196,8 @@ def trainer_settings(cfg: DictConfig) -> dict[str, Any]:
         settings["benchmark"] = not settings.get("deterministic")
     settings.pop("nonfinite", None)
     settings.pop("nonfinite_max_consecutive_skips", None)
+    if settings.get("max_steps", -1) > 0:  # Lightning logs every N steps only: a shorter run would log none
+        settings["log_every_n_steps"] = max(1, min(settings.get("log_every_n_steps", 50), settings["max_steps"]))
     return settings
 
 

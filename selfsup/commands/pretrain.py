@@ -10,7 +10,7 @@ from lightning_fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from selfsup import runs
-from selfsup.assemble import build_module, build_pieces, build_trainer, place_augmentation
+from selfsup.assemble import build_module, build_pieces, build_trainer, close_loggers, place_augmentation
 from selfsup.checkpoint_io import newest_loadable, resolve_resume
 from selfsup.checks import check_modalities
 from selfsup.data.tokenizer import Tokenized, save_atomic
@@ -66,4 +66,6 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
         if last:
             where = f"last good checkpoint: {last[0]} (step {last[1]}); resume with resume=auto"
         raise NonFiniteLoss(f"{e}; {where}") from None
+    finally:
+        close_loggers(trainer)
     return module

@@ -102,3 +102,27 @@ def test_preempted_job_requeues_and_resumes_to_the_same_end(slurm, tmp_path):
     assert train_losses(run_dir) == train_losses(reference)  # every step once, same values
     for name, tensor in ref["state_dict"].items():
         assert torch.equal(tensor, ckpt["state_dict"][name]), name
+
+
+def fresh_clone(tmp_path: Path) -> Path:
+    """The repository's files as a fresh clone has them: tracked and not ignored, nothing else (no runs/)."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    clone = tmp_path / "clone"
+    for name in files:
+        if (ROOT / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            (clone / name).write_bytes((ROOT / name).read_bytes())
+    return clone
+
+
+def test_sbatch_from_a_fresh_clone_writes_its_log_where_the_script_says(slurm, tmp_path):
+    """`#SBATCH --output=runs/slurm/%j.out` is opened by slurmd before the script runs: the folder must exist
+    in a fresh clone (no --output of the test's own here, as a user types it)."""
+    clone = fresh_clone(tmp_path)
+    assert not (clone / "runs" / "slurm" / "1.out").exists() and (clone / "runs" / "slurm").is_dir()
+    job = sbatch([*CPU_JOB, "slurm/train.sbatch", *SMALL, "trainer.max_steps=1"], cwd=clone)
+    log = clone / "runs" / "slurm" / f"{job}.out"
+    assert wait_for_job(job) == "COMPLETED", log.read_text()[-3000:] if log.exists() else "no log"
+    assert f"job {job} restart 0" in log.read_text()
+    assert (clone / "runs" / "slurm" / job / "checkpoints" / "last.ckpt").is_file()

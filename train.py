@@ -7,7 +7,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from selfsup.checks import check_command_line, check_run_dir_argument
+from selfsup.checks import check_command_line, check_launcher, check_run_dir_argument
 from selfsup.errors import SelfsupError, report
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -37,6 +37,7 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     try:
         check_command_line(sys.argv[1:], CONFIG_DIR)
+        check_launcher(sys.argv[1:], CONFIG_DIR)
         check_run_dir_argument(sys.argv[1:])  # before Hydra creates the folder
     except SelfsupError as e:
         fail(e)

@@ -8,6 +8,7 @@ nothing below it builds from a config.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,14 @@ def resolve_sync_batchnorm(value: bool | str, accelerator: str) -> bool:
 
 def place_augmentation(data_cfg: DictConfig, accelerator: str) -> None:
     """data.augment_on `auto` means the GPU where there is one; training on the CPU of a GPU machine makes the
-    views in the data workers instead."""
+    views in the data workers instead. An explicit `gpu` without one stands (the device path, run on the CPU),
+    with a note saying so."""
     if data_cfg.get("augment_on") == "auto" and not trains_on_gpu(accelerator):
         data_cfg.augment_on = "cpu"
+    elif data_cfg.get("augment_on") == "gpu" and not trains_on_gpu(accelerator):
+        print("note: data.augment_on=gpu, but training runs on the CPU: the views are made in the training process "
+              "after each batch is loaded, not in the data workers (data.augment_on=cpu makes them there)",
+              file=sys.stderr)
 
 
 def cluster_plugins() -> list[Any]:

@@ -6,10 +6,12 @@ constructor; this module checks the pieces fit together and that the command lin
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Any, Sequence
 
 from hydra.utils import get_class
+from omegaconf import OmegaConf
 
 from selfsup.errors import ConfigError
 from selfsup.runs import prepare_run_dir
@@ -78,6 +80,35 @@ def check_modalities(cfg: Any) -> None:
                 f"objective {target_attr(cfg.objective, '__name__')} needs {wanted} {group}, but the chosen {group} "
                 f"is {have}; pick an {wanted} {group} (or drop the {group}= override to use the objective's default)"
             )
+
+
+def cluster_gpus() -> bool | None:
+    """Whether any node of the SLURM cluster here has GPUs (a `gpu` generic resource); None without `sinfo`."""
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%G"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode:
+        return None
+    return any("gpu" in line for line in out.stdout.splitlines())
+
+
+def check_launcher(argv: Sequence[str], config_dir: Path) -> None:
+    """hydra/launcher=slurm asks for GPUs (hydra.launcher.gpus_per_node, 1 by default): on a cluster without any,
+    say which key to set before submitit fails with a traceback."""
+    if "hydra/launcher=slurm" not in argv:
+        return
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.launcher.gpus_per_node=")]
+    default = OmegaConf.load(config_dir / "hydra" / "launcher" / "slurm.yaml").get("gpus_per_node", 0)
+    try:
+        gpus = int(given[-1]) if given else int(default or 0)
+    except ValueError:
+        raise ConfigError(f"hydra.launcher.gpus_per_node must be a whole number, got '{given[-1]}'") from None
+    if gpus > 0 and cluster_gpus() is False:
+        source = "hydra.launcher.gpus_per_node" if given else "the default of hydra.launcher.gpus_per_node"
+        raise ConfigError(f"hydra/launcher=slurm asks for {gpus} GPU per node ({source}), but no node of this SLURM "
+                          "cluster has GPUs (sinfo lists no gpu resource); set hydra.launcher.gpus_per_node=0 "
+                          "trainer.accelerator=cpu")
 
 
 def check_run_dir_argument(argv: Sequence[str]) -> None:

@@ -27,8 +27,9 @@ def _git_commit(repo: Path) -> str | None:
         return None
 
 
-def record_run_info(run_dir: Path, resumed_from: str | None = None) -> dict:
-    """Append this start's facts to RUN/run_info.jsonl: what ran, from which code, on what."""
+def record_run_info(run_dir: Path, resumed_from: str | None = None, choices: dict[str, str] | None = None) -> dict:
+    """Append this start's facts to RUN/run_info.jsonl: what ran (the config groups chosen, the command line),
+    from which code, on what."""
     source = Path(selfsup.__file__).resolve().parents[1]
     info = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(), "argv": sys.argv,
@@ -36,6 +37,7 @@ def record_run_info(run_dir: Path, resumed_from: str | None = None) -> dict:
         "python": platform.python_version(), "torch": torch.__version__,
         "lightning": package_version("pytorch-lightning"),
         "timm": package_version("timm"), "cuda": torch.version.cuda, "resumed_from": resumed_from,
+        "choices": dict(choices or {}),
     }
     with (run_dir / RUN_INFO).open("a") as f:
         f.write(json.dumps(info) + "\n")

@@ -4,9 +4,8 @@
     RUN/checkpoints/         last.ckpt and periodic step_XXXXXXX.ckpt
     RUN/metrics.csv          every logged metric, one row per logging step
     RUN/pictures/            what the objective draws (MAE reconstructions)
-    RUN/run_info.jsonl       one line per start: versions, git commit, host, command line
+    RUN/run_info.jsonl       one line per start: config groups chosen, versions, git commit, host, command line
     RUN/tokenizer.json       text and image-text runs: the tokenizer they were trained with
-    RUN/.hydra/              Hydra's own record of the command line
 """
 from __future__ import annotations
 

@@ -8,7 +8,10 @@ __init__.py, and pytest's default import mode imports each test file by its base
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -46,6 +49,30 @@ def run_train(args: list[str], cwd: Path = ROOT, timeout: int = 600,
 @pytest.fixture
 def train():
     return run_train
+
+
+def run_train_in_process(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """The user's `python train.py ARGS`, run in this process (train.py as __main__, its exit code and output
+    captured): for commands that stop before training, whose cost in a subprocess is mostly importing torch and
+    Lightning again. Commands that train run in a subprocess (run_train), isolated."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    argv, cwd_before, code = sys.argv, os.getcwd(), 0
+    sys.argv = [str(ROOT / "train.py"), *args]
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = argv
+        os.chdir(cwd_before)
+    return subprocess.CompletedProcess(sys.argv, code, stdout.getvalue(), stderr.getvalue())
+
+
+@pytest.fixture
+def train_until_error():
+    return run_train_in_process
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
 from pathlib import Path
 
 import torch
@@ -35,7 +36,7 @@ def write_images(folder: Path, n: int, size: int = 12) -> list[Path]:
 
 def write_run(folder: Path, objective: str, seed: int, knn: list[float], wall: list[float],
               mask_ratio: float = 0.75) -> Path:
-    """A run folder as train.py writes it: config.yaml, Hydra's record of the choices, metrics.csv."""
+    """A run folder as train.py writes it: config.yaml, run_info.jsonl with the choices, metrics.csv."""
     folder.mkdir(parents=True)
     cfg = {"seed": seed, "run_dir": str(folder),
            "backbone": {"_target_": "selfsup.backbones.vit.ViT", "name": "vit_tiny_patch16_224", "depth": 2},
@@ -43,9 +44,8 @@ def write_run(folder: Path, objective: str, seed: int, knn: list[float], wall: l
            "objective": {"_target_": f"selfsup.objectives.{objective}.X", "mask_ratio": mask_ratio},
            "trainer": {"max_steps": 30, "devices": 1}, "logger": {"csv": True}}
     OmegaConf.save(OmegaConf.create(cfg), folder / "config.yaml")
-    (folder / ".hydra").mkdir()
-    OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": {
-        "objective": objective, "backbone": "vit_tiny", "data": "synthetic"}}}}), folder / ".hydra" / "hydra.yaml")
+    choices = {"objective": objective, "backbone": "vit_tiny", "data": "synthetic"}
+    (folder / "run_info.jsonl").write_text(json.dumps({"choices": choices}) + "\n")
     rows = []
     for epoch, (acc, w) in enumerate(zip(knn, wall)):
         step = 10 * epoch + 9

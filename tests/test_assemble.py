@@ -22,6 +22,14 @@ def test_precision_auto_is_fp32_on_cpu_and_overridable(monkeypatch):
     assert resolve_precision("auto", accelerator="cpu") == "32-true"  # trainer=cpu on a GPU machine
 
 
+def test_gpu_augmentation_without_a_gpu_says_so_in_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = OmegaConf.create({"augment_on": "gpu"})
+    place_augmentation(data, "auto")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert data.augment_on == "gpu" and len(lines) == 1 and "training runs on the CPU" in lines[0]
+
+
 def test_gpu_defaults_follow_the_accelerator_not_the_machine(monkeypatch):
     """On a GPU machine, trainer=cpu trains on the CPU: no SyncBatchNorm, and views made in the data workers."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -60,6 +60,9 @@ class ViT(nn.Module):
         if pool not in ("cls", "mean"):
             raise ConfigError(f"backbone.pool must be 'cls' or 'mean', got '{pool}'")
         not_vit = ConfigError(f"timm model '{name}' is not a VisionTransformer; pick a 'vit_*' model for backbone.name")
+        # fc_norm=False: every token is normalised by the final norm (as MAE and DINO use ViTs), also for the timm
+        # models whose default pools first and normalises after (the `gap` ones); exports say the same to timm.
+        timm_kwargs.setdefault("fc_norm", False)
         try:
             self.vit = timm.create_model(
                 name, pretrained=False, img_size=img_size, patch_size=patch, in_chans=in_chans,
@@ -69,6 +72,10 @@ class ViT(nn.Module):
             raise not_vit from e
         if not isinstance(self.vit, VisionTransformer):
             raise not_vit
+        if hasattr(self.vit.patch_embed, "backbone"):
+            raise ConfigError(f"timm model '{name}' is a hybrid ViT (a CNN stem makes its patches), and selfsup's ViT "
+                              "cuts patches from the image itself (MAE encodes only the visible ones); pick a plain "
+                              "ViT for backbone.name, e.g. vit_small_patch16_224")
         self.name = name
         self.img_size = img_size
         self.patch_size = patch

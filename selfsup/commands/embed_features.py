@@ -1,9 +1,11 @@
 """What `python embed.py` runs: embed a whole split of a pretrained run's data (or other data) and save it."""
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from omegaconf import DictConfig
+from tqdm import tqdm
 
 from selfsup.assemble import build_eval_data, load_pretrained
 from selfsup.commands.compose_config import required
@@ -30,7 +32,8 @@ def embed(cfg: DictConfig) -> FeatureSet:
         raise ConfigError(f"{data.source} has no {cfg.split} split; use split=train")
     print(f"embedding the {cfg.split} split of {data.source} ({len(loader.sampler)} samples) with {pre.checkpoint} "
           f"on {device}", flush=True)
-    feats = extract(pre.backbone.to(device), loader, device, data.normalize,
+    batches = tqdm(loader, desc="embedding", unit="batch", total=len(loader), file=sys.stderr)
+    feats = extract(pre.backbone.to(device), batches, device, data.normalize,
                     lambda: autocast_for(device, cfg.precision))
     meta: dict[str, Any] = {"checkpoint": str(pre.checkpoint.resolve()), "step": str(pre.step), "split": cfg.split,
                             "data": data.source}

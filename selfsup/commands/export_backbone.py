@@ -44,8 +44,10 @@ def export_and_tell(checkpoint: str, out: str) -> None:
               "and loads the weights strictly)")
     elif config["format"] == "timm":
         kwargs = ", ".join(f"{k}={v!r}" for k, v in config["timm_kwargs"].items())
+        overlay = ", ".join(f"{k}={v!r}" for k, v in {"file": str(out / WEIGHTS),
+                                                        **config["pretrained_cfg_overlay"]}.items())
         print(f"wrote {out / WEIGHTS} and {out / CONFIG}\nload with: timm.create_model({config['timm_name']!r}, "
-              f"pretrained=True, num_classes=0, {kwargs}, pretrained_cfg_overlay=dict(file={str(out / WEIGHTS)!r}))")
+              f"pretrained=True, num_classes=0, {kwargs}, pretrained_cfg_overlay=dict({overlay}))")
     elif config["format"] == "selfsup-text":
         print(f"wrote {out / WEIGHTS}, {out / CONFIG} and {out / config['tokenizer']}; "
               "load with selfsup.evaluation.export_formats.load_text_encoder(DIR)")

@@ -10,7 +10,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from selfsup.data.augment import ViewSpec
-from selfsup.data.sampling import EpochSampler, KeyedViews
+from selfsup.data.sampling import EpochSampler, KeyedSubset, KeyedViews
 from selfsup.data.views import AUGMENT_ON, device_views, eval_views, resolve_augment_on, worker_views
 from selfsup.data_facts import DataFacts
 from selfsup.errors import ConfigError, DataError
@@ -21,12 +21,17 @@ EVAL_KEY = "image"  # the image field of evaluation batches (kNN, probes, embedd
 SPLITS = ("train", "val")
 
 
+SUBSET_SEED = 0  # the subset is the same for every process, run and protocol
+
+
 def spread_indices(size: int, max_samples: int | None) -> list[int]:
-    """All indices, or `max_samples` of them spread evenly over the split: a fixed subset that covers every
-    class even when the source is sorted by class (image folders)."""
+    """All indices, or a fixed random subset of `max_samples`, in index order. Random rather than every k-th:
+    a stride would take only some classes of a source whose labels cycle (i % 10 takes only even classes at
+    stride 2), and a random subset covers every class also when the source is sorted by class."""
     if max_samples is None or max_samples >= size:
         return list(range(size))
-    return [i * size // max_samples for i in range(max(0, max_samples))]
+    generator = torch.Generator().manual_seed(SUBSET_SEED)
+    return sorted(torch.randperm(size, generator=generator)[: max(0, max_samples)].tolist())
 
 
 class TensorImages(Dataset):
@@ -151,9 +156,14 @@ class KeyedDataModule(pl.LightningDataModule):
                           persistent_workers=self.num_workers > 0, drop_last=False,
                           prefetch_factor=4 if self.num_workers > 0 else None)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self, max_samples: int | None = None) -> DataLoader:
+        """Training batches; `max_samples`: of a fixed subset of the split (spread_indices), for evaluation
+        protocols that train on a capped split (fine-tuning, LoRA)."""
         self.setup()
-        sampler = EpochSampler(len(self.train_set), self.batch_size, self.seed, shuffle=True, drop_last=True)
+        dataset = self.train_set
+        if max_samples is not None and max_samples < len(dataset):
+            dataset = KeyedSubset(dataset, spread_indices(len(dataset), max_samples))
+        sampler = EpochSampler(len(dataset), self.batch_size, self.seed, shuffle=True, drop_last=True)
         if self._resume:
             epoch, done = self._resume["epoch"], self._resume["batches_done"]
             if done >= len(sampler) // self.batch_size:  # saved at the end of an epoch: start the next
@@ -161,7 +171,7 @@ class KeyedDataModule(pl.LightningDataModule):
             sampler.resume(epoch, done)
             self._count_epoch = epoch
             self._batches_done = done
-        return self._loader(self.train_set, sampler, self.batch_size)
+        return self._loader(dataset, sampler, self.batch_size)
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup()

@@ -95,6 +95,22 @@ def describe(dataset: Dataset, index: int) -> str:
     return str(samples[index][0]) if samples is not None else f"sample {index}"
 
 
+class KeyedSubset(Dataset):
+    """The samples `indices` of a dataset indexed by (epoch, index), renumbered 0..n-1 for the sampler; each sample
+    keeps its own `index` and key, so it looks as it does in the whole split."""
+
+    def __init__(self, base: Dataset, indices: list[int]) -> None:
+        self.base = base
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
+        epoch, i = item
+        return self.base[(epoch, self.indices[i])]
+
+
 class KeyedViews(Dataset):
     """Wraps a dataset of (image, label) into dict samples: one field per view, `label`, `index`, `key`, `skipped`.
     A dict in place of the label adds its fields (image-text pairs: `input_ids`, `attention_mask`, `label`).

@@ -1,7 +1,7 @@
 """Compare the runs under a folder: one row per (objective, backbone, data), mean ± std over seeds.
 
 A run is a folder with `config.yaml` and `metrics.csv` (or, without the CSV, an offline wandb run in `wandb/`).
-Names come from Hydra's record of the run (`.hydra/hydra.yaml`: the objective=, backbone= and data= choices),
+Names come from the run's record of its config groups (RUN/run_info.jsonl, or `.hydra/hydra.yaml` of older runs),
 else from the config. Runs of one (objective, backbone, data) whose configs differ otherwise (say two mask
 ratios) get their differing keys appended to the objective's name, so that only seeds are averaged.
 """
@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from selfsup.errors import ConfigError
 from selfsup.evaluation import wandb_offline
 from selfsup.evaluation.results import RANDOM_INIT_SUFFIX, RESULTS, read_results
-from selfsup.runs import CONFIG, METRICS, flatten
+from selfsup.runs import CONFIG, METRICS, RUN_INFO, flatten
 
 MAX_SHOWN = 3  # differing config keys named in a variant's label
 LOSS, WALL, RATE, MEMORY, EPOCH = "train/loss", "train/wall_s", "train/samples_per_s", "train/peak_mem_gib", "epoch"
@@ -70,15 +70,30 @@ def _class_name(target: Any) -> str:
     return str(target or "?").rsplit(".", 1)[-1].lower()
 
 
-def names_of(run_dir: Path, cfg: dict[str, Any]) -> tuple[str, str, str]:
-    """(objective, backbone, data): the run's Hydra choices, else names derived from its config."""
+def recorded_choices(run_dir: Path) -> dict[str, Any]:
+    """The config groups a run was started with: the last start's in RUN/run_info.jsonl, else (runs from before
+    that record) Hydra's RUN/.hydra/hydra.yaml."""
+    info = run_dir / RUN_INFO
+    if info.is_file():
+        for line in reversed(info.read_text(errors="replace").splitlines()):
+            try:
+                choices = json.loads(line).get("choices")
+            except (ValueError, AttributeError):
+                continue
+            if choices:
+                return dict(choices)
     hydra_file = run_dir / ".hydra" / "hydra.yaml"
-    choices: dict[str, Any] = {}
     if hydra_file.is_file():
         try:
-            choices = dict(OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices") or {})
+            return dict(OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices") or {})
         except Exception:  # an unreadable Hydra record: fall back to the config
-            choices = {}
+            return {}
+    return {}
+
+
+def names_of(run_dir: Path, cfg: dict[str, Any]) -> tuple[str, str, str]:
+    """(objective, backbone, data): the run's recorded choices, else names derived from its config."""
+    choices = recorded_choices(run_dir)
     objective = choices.get("objective") or _class_name(cfg.get("objective", {}).get("_target_"))
     backbone = choices.get("backbone") or str(cfg.get("backbone", {}).get("name") or
                                               _class_name(cfg.get("backbone", {}).get("_target_")))

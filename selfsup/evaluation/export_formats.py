@@ -51,7 +51,7 @@ def timm_spec(backbone: nn.Module, backbone_cfg: DictConfig) -> dict[str, Any]:
     if isinstance(backbone, ViT):
         kwargs = {"img_size": backbone.img_size, "patch_size": backbone.patch_size, "in_chans": backbone.in_chans,
                   "class_token": True, **_extra_kwargs(backbone_cfg, ViT)}
-        kwargs.update({"global_pool": "token"} if backbone.pool == "cls" else {"global_pool": "avg", "fc_norm": False})
+        kwargs.update({"global_pool": "token" if backbone.pool == "cls" else "avg", "fc_norm": False})
         return {"name": backbone.name, "kwargs": kwargs, "cifar_stem": False}
     if isinstance(backbone, ResNet):
         kwargs = {"in_chans": backbone.in_chans, **_extra_kwargs(backbone_cfg, ResNet)}

@@ -98,7 +98,7 @@ def train_classifier(model: Classifier, ctx: EvalContext, prefix: str, epochs: i
     """
     data, device = ctx.data, ctx.device
     model.to(device)
-    loader = data.train_dataloader()
+    loader = data.train_dataloader(max_samples=ctx.max_train_samples)
     steps_per_epoch = len(loader)
     groups = param_groups(model, weight_decay, layer_decay)
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))

@@ -39,3 +39,16 @@ def test_the_parts_of_data_modules_import_without_lightning():
             + "print(sorted(k for k in sys.modules if k.split('.')[0] in ('pytorch_lightning', 'lightning')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_capped_subset_covers_every_class_of_cycling_labels():
+    """The online kNN bank on a CPU (512 of a split): every other sample of labels i % 10 would be the even classes
+    only, and kNN top-1 would stick at 0.5 (synthetic data)."""
+    from selfsup.data.datamodule import spread_indices
+
+    chosen = spread_indices(256, 128)
+    assert len(chosen) == 128 == len(set(chosen)) and chosen == sorted(chosen)
+    assert {i % 10 for i in chosen} == set(range(10))
+    assert {i % 2 for i in chosen} == {0, 1}
+    assert spread_indices(256, 128) == chosen  # the same subset for every process and call
+    assert spread_indices(10, None) == spread_indices(10, 20) == list(range(10))

@@ -23,6 +23,12 @@ def start_cluster() -> None:
                    timeout=120)
 
 
+def stop_cluster() -> None:
+    """Stops the daemons start_cluster started, and no others."""
+    subprocess.run(["bash", str(ROOT / "slurm" / "local_cluster.sh"), "stop"], check=True, capture_output=True,
+                   timeout=120)
+
+
 def job_field(job_id: str, field: str) -> str | None:
     out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
     for token in out.split():

@@ -101,11 +101,12 @@ def test_eval_input_errors_are_one_line(trained_run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("ext", [".npz", ".safetensors", ".pt"])
-def test_embed_saves_features_in_index_order(trained_run, tmp_path, ext):
+def test_embed_saves_features_in_index_order(trained_run, tmp_path, ext, capsys):
     from selfsup.assemble import load_pretrained
 
     out = tmp_path / f"emb{ext}"
     assert load_script("embed").main([f"checkpoint={trained_run}", f"out={out}", "split=val"]) == 0
+    assert "embedding: 100%" in capsys.readouterr().err  # a progress bar while it runs
     if ext == ".npz":
         data = {k: torch.from_numpy(v) for k, v in np.load(out).items()}
     elif ext == ".safetensors":

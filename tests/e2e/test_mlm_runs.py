@@ -28,8 +28,8 @@ def test_train_py_runs_mlm_end_to_end(tmp_path):
     assert list((tmp_path / "tokenizers").glob("*.json"))
 
 
-def test_image_objective_on_a_text_backbone_is_one_line(tmp_path):
-    r = run_train(["objective=mae", "backbone=text_small", "trainer=cpu", "logger=csv", "trainer.max_steps=1",
+def test_image_objective_on_a_text_backbone_is_one_line(train_until_error, tmp_path):
+    r = train_until_error(["objective=mae", "backbone=text_small", "trainer=cpu", "logger=csv", "trainer.max_steps=1",
                    f"run_dir={tmp_path / 'run'}"])
     assert r.returncode == 2 and "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]

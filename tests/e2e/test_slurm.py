@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, TINY, run_train
-from slurm_utils import job_field, sbatch, slurm_unavailable_reason, start_cluster, wait_for_job
+from slurm_utils import job_field, sbatch, slurm_unavailable_reason, start_cluster, stop_cluster, wait_for_job
 
 CPU_JOB = ["--partition=local", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15"]
 SMALL = [a for a in TINY if a not in ("trainer=cpu",)] + [
@@ -32,6 +32,8 @@ def slurm():
             pytest.fail(reason)
         pytest.skip(reason)
     start_cluster()
+    yield
+    stop_cluster()
 
 
 def train_losses(run_dir: Path) -> dict[int, float]:
@@ -121,8 +123,34 @@ def test_sbatch_from_a_fresh_clone_writes_its_log_where_the_script_says(slurm, t
     in a fresh clone (no --output of the test's own here, as a user types it)."""
     clone = fresh_clone(tmp_path)
     assert not (clone / "runs" / "slurm" / "1.out").exists() and (clone / "runs" / "slurm").is_dir()
-    job = sbatch([*CPU_JOB, "slurm/train.sbatch", *SMALL, "trainer.max_steps=1"], cwd=clone)
+    job = sbatch([*CPU_JOB, "--ntasks-per-node=1", "slurm/train.sbatch", *SMALL, "trainer.max_steps=1"], cwd=clone)
     log = clone / "runs" / "slurm" / f"{job}.out"
     assert wait_for_job(job) == "COMPLETED", log.read_text()[-3000:] if log.exists() else "no log"
     assert f"job {job} restart 0" in log.read_text()
     assert (clone / "runs" / "slurm" / job / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_the_cluster_script_stops_only_the_daemons_it_started(slurm, tmp_path):
+    """Without its record of what it started, `stop` leaves running daemons alone (a cluster of one's own)."""
+    record = Path("/var/spool/slurm-selfsup/started")
+    kept = tmp_path / "started"
+    if record.exists():
+        record.rename(kept)
+    try:
+        subprocess.run(["bash", str(ROOT / "slurm" / "local_cluster.sh"), "stop"], check=True, timeout=60)
+        running = subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True).returncode == 0
+        assert running and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
+    finally:
+        if kept.exists():
+            kept.rename(record)
+
+
+def test_the_slurm_launcher_on_a_cluster_without_gpus_names_the_key_to_set(slurm, tmp_path):
+    """Its default gpus_per_node=1 on a GPU-less cluster ended in a raw submitit traceback ("Invalid generic
+    resource"): now one line, before anything is submitted."""
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm", "objective=mae",
+                        "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: hydra/launcher=slurm asks for 1 GPU per node")
+    assert "hydra.launcher.gpus_per_node=0" in r.stderr and not (tmp_path / "sweep").exists()

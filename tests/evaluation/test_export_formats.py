@@ -104,3 +104,33 @@ def test_text_export_keeps_weights_and_tokenizer(tmp_path):
     ids = torch.tensor([tok.encode("the quick brown fox").ids])
     with torch.no_grad():
         torch.testing.assert_close(model(ids), text.eval()(ids))
+
+
+def test_a_pooled_then_normalised_timm_vit_exports_and_the_printed_call_loads_it(tmp_path, capsys):
+    """timm ViTs whose default pools first and normalises after (fc_norm, the `gap` models) crashed the export;
+    and the printed load call must give timm the input size and normalisation the model was trained with."""
+    import timm
+
+    from selfsup.commands.export_backbone import export_and_tell
+
+    name = "vit_pwee_patch16_reg1_gap_256"
+    node = {**VIT_NODE, "name": name, "img_size": 28, "in_chans": 1, "depth": 1}
+    backbone = ViT(name, img_size=28, in_chans=1, depth=1)
+    randomize(backbone)
+    data = {"_target_": "selfsup.data.synthetic.Synthetic", "image_size": 28, "channels": 1, "mean": [0.25],
+            "std": [0.5]}
+    export_and_tell(str(fake_run(tmp_path, node, backbone, data)), str(tmp_path / "export"))
+    call = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("load with: "))
+    model = eval(call[len("load with: "):], {"timm": timm}).eval()
+    assert list(model.pretrained_cfg["input_size"]) == [1, 28, 28]
+    assert list(model.pretrained_cfg["mean"]) == [0.25] and list(model.pretrained_cfg["std"]) == [0.5]
+    images = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), backbone.eval()(images), rtol=0, atol=1e-5)
+
+
+def test_a_hybrid_vit_is_refused_in_one_line():
+    from selfsup.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hybrid ViT"):
+        ViT("vit_tiny_r_s16_p8_224", img_size=32, in_chans=3, depth=1)

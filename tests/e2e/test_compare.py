@@ -94,14 +94,14 @@ def test_missing_folder_or_no_runs_is_one_line(tmp_path):
     assert r.returncode == 2 and "no run logged metric 'nope'" in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
-def test_a_refused_resume_changes_nothing_compare_reads(real_run, tmp_path):
+def test_a_refused_resume_changes_nothing_compare_reads(real_run, tmp_path, train_until_error):
     """The user's command: resume a ViT-Tiny SimCLR run with backbone=vit_small. It is refused, and the run folder
     still says what the run was (Hydra used to rewrite RUN/.hydra before the refusal, and compare.py read it)."""
     run = tmp_path / "runs" / "simclr1"
     shutil.copytree(real_run, run)
     before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    r = run_train(["objective=simclr", f"run_dir={run}", "resume=auto", "backbone=vit_small", "trainer=cpu",
-                   "logger=csv"])
+    r = train_until_error(["objective=simclr", f"run_dir={run}", "resume=auto", "backbone=vit_small", "trainer=cpu",
+                           "logger=csv"])
     assert r.returncode != 0 and "refusing to resume" in r.stderr
     after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert after == before  # nothing written, nothing rewritten

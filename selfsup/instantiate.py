@@ -35,7 +35,7 @@ from typing import Any
 from hydra._internal.utils import _locate
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from selfsup.errors import ConfigError, SelfsupError
 
@@ -203,16 +203,7 @@ def load_trusted_config(path: Path, drop: tuple[str, ...] = ()) -> DictConfig:
         raw = OmegaConf.load(path)
     except Exception as e:  # YAML syntax, unreadable bytes
         raise ConfigError(f"{path}: not a readable config ({' '.join(str(e).split())[:200]})") from None
-    if not isinstance(raw, DictConfig):
-        raise ConfigError(f"{path}: not a config mapping; is it a run folder's config.yaml?")
     container = OmegaConf.to_container(raw, resolve=False)  # resolving would run resolvers before the check
-    for key in drop:
+    for key in drop if isinstance(container, dict) else ():
         container.pop(key, None)
     return OmegaConf.create(trusted_node(container, str(path)))
-
-
-def check_trusted(node: Any, source: str) -> dict:
-    """trusted_node for a config node (DictConfig or plain mapping), unresolved."""
-    if isinstance(node, (DictConfig, ListConfig)):
-        node = OmegaConf.to_container(node, resolve=False)
-    return trusted_node(node, source)

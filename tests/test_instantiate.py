@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from selfsup.checks import choices
 from selfsup.errors import ConfigError
-from selfsup.instantiate import TRUST_VARIABLE, build, check_trusted, is_trusted, load_trusted_config
+from selfsup.instantiate import TRUST_VARIABLE, build, is_trusted, load_trusted_config, trusted_node
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
@@ -149,7 +149,7 @@ def test_every_config_selfsup_writes_passes_the_check(tmp_path, objective):
 def test_every_data_choice_passes_the_check(data):
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("eval", overrides=[f"data={data}", "checkpoint=x"])
-    check_trusted(OmegaConf.to_container(cfg, resolve=True), "eval config")
+    trusted_node(OmegaConf.to_container(cfg, resolve=True), "eval config")
 
 
 def test_unreadable_run_configs_are_one_line_errors(tmp_path):

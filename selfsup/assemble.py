@@ -8,7 +8,6 @@ nothing below it builds from a config.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from selfsup import runs
 from selfsup.callbacks.online_monitors import EvalFeatures
 from selfsup.checkpoint_io import AtomicCheckpointIO, load_checkpoint
 from selfsup.checks import target_attr
+from selfsup.console import note
 from selfsup.csv_logger import RunCSVLogger
 from selfsup.data.image_text import Captions
 from selfsup.data.tokenizer import Tokenized, check_resumed_tokenizer, resolve_tokenizer, tokenizer_settings
@@ -72,9 +72,8 @@ def place_augmentation(data_cfg: DictConfig, accelerator: str) -> None:
     if data_cfg.get("augment_on") == "auto" and not trains_on_gpu(accelerator):
         data_cfg.augment_on = "cpu"
     elif data_cfg.get("augment_on") == "gpu" and not trains_on_gpu(accelerator):
-        print("note: data.augment_on=gpu, but training runs on the CPU: the views are made in the training process "
-              "after each batch is loaded, not in the data workers (data.augment_on=cpu makes them there)",
-              file=sys.stderr)
+        note("data.augment_on=gpu, but training runs on the CPU: the views are made in the training process after "
+             "each batch is loaded, not in the data workers (data.augment_on=cpu makes them there)")
 
 
 def cluster_plugins() -> list[Any]:

@@ -3,7 +3,9 @@ chatter (the full config is RUN/config.yaml; `verbose=true` prints everything as
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
 import warnings
 
 # Lightning's INFO lines that say nothing about this run, or advertise; matched at the start of the message.
@@ -31,3 +33,10 @@ def quiet(verbose: bool) -> None:
                 logger.addFilter(chatter)
     for message in NOISE:
         warnings.filterwarnings("ignore", message=f".*{re.escape(message)}")
+
+
+def note(message: str) -> None:
+    """One line the user should read (a substitution or an omission the run makes on its own), on stderr, from the
+    first process only: unlike a Python warning it is not hidden by PYTHONWARNINGS or repeated per process."""
+    if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) in ("0", ""):
+        print(f"note: {message}", file=sys.stderr, flush=True)

@@ -46,33 +46,70 @@ def run_train(args: list[str], cwd: Path = ROOT, timeout: int = 600,
                           capture_output=True, text=True, timeout=timeout)
 
 
+def train_in_process(args: list[str], cwd: Path = ROOT, timeout: int = 600,
+                     env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """run_train's `python train.py ARGS`, in this process (the environment run_train gives it; `timeout` is
+    not enforced): a training run of the tests costs about as much as importing torch and Lightning again.
+    Several processes (DDP launches the others from this one and joins them) still get a fresh one."""
+    if any(a.startswith("trainer.strategy=ddp") for a in args):
+        return run_train(args, cwd, timeout, env)
+    return run_in_process(ROOT / "train.py", args, cwd, dict(WANDB_MODE="offline", WANDB_SILENT="true", **(env or {})))
+
+
 @pytest.fixture
 def train():
-    return run_train
+    """train.py with the test's arguments, in this process; run_train for a fresh process (DDP, kills, a
+    process's own environment)."""
+    return train_in_process
 
 
-def run_train_in_process(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """The user's `python train.py ARGS`, run in this process (train.py as __main__, its exit code and output
-    captured): for commands that stop before training, whose cost in a subprocess is mostly importing torch and
-    Lightning again. Commands that train run in a subprocess (run_train), isolated."""
+def run_in_process(script: Path, args: list[str], cwd: Path = ROOT,
+                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The user's `python SCRIPT ARGS`, run in this process (the script as __main__, with `env` added to the
+    environment, its exit code and output captured): for commands whose cost in a subprocess would be mostly
+    importing torch and Lightning again."""
     stdout, stderr = io.StringIO(), io.StringIO()
     argv, cwd_before, code = sys.argv, os.getcwd(), 0
-    sys.argv = [str(ROOT / "train.py"), *args]
+    saved_env, deterministic, threads = dict(os.environ), torch.are_deterministic_algorithms_enabled(), \
+        torch.get_num_threads()
+    os.environ.update(env or {})
+    sys.argv = [str(script), *args]
     os.chdir(cwd)
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+            runpy.run_path(str(script), run_name="__main__")
     except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:  # what a run sets for its process (Lightning's seed variables, deterministic kernels) ends with it
         sys.argv = argv
         os.chdir(cwd_before)
-    return subprocess.CompletedProcess(sys.argv, code, stdout.getvalue(), stderr.getvalue())
+        os.environ.clear()
+        os.environ.update(saved_env)
+        torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess([str(script), *args], code, stdout.getvalue(), stderr.getvalue())
 
 
 @pytest.fixture
 def train_until_error():
-    return run_train_in_process
+    return train_in_process
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """The local SLURM cluster (slurm/local_cluster.sh), started for a module's tests and stopped after them.
+    Skipped with the reason only where slurm-wlm is absent or we are not root; with SELFSUP_REQUIRE_SLURM=1 (CI)
+    that is a failure."""
+    from slurm_utils import slurm_unavailable_reason, start_cluster, stop_cluster
+
+    reason = slurm_unavailable_reason()
+    if reason:
+        if os.environ.get("SELFSUP_REQUIRE_SLURM"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    start_cluster()
+    yield
+    stop_cluster()
 
 
 @pytest.fixture(scope="session")
@@ -87,11 +124,23 @@ def trained_run(tmp_path_factory) -> Path:
     """A tiny MAE run on synthetic labelled data, with its online monitors: shared by the tests that evaluate,
     embed or export a run folder (read it, or copy it; write beside it only what the test removes again)."""
     run_dir = tmp_path_factory.mktemp("pretrain") / "mae"
-    r = run_train(["objective=mae", "data=synthetic", "data.num_samples=256", "data.num_val_samples=64",
+    r = train_in_process(["objective=mae", "data=synthetic", "data.num_samples=256", "data.num_val_samples=64",
                    "data.batch_size=32", "trainer.max_steps=16", "trainer.log_every_n_steps=2",
                    "trainer.limit_val_batches=1", *TINY, "monitors.enabled=true", f"run_dir={run_dir}"])
     assert r.returncode == 0, r.stderr[-3000:]
     return run_dir
+
+
+def fresh_clone(folder: Path) -> Path:
+    """The repository's files as a fresh clone has them: tracked and not ignored, nothing else (no runs/)."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    clone = folder / "clone"
+    for name in files:
+        if (ROOT / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            (clone / name).write_bytes((ROOT / name).read_bytes())
+    return clone
 
 
 def train_whole_and_resumed(train, args: list[str], tmp_path: Path, step: int) -> tuple[Path, Path]:

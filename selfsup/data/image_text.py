@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from selfsup.console import note
 from selfsup.data.datamodule import ImageDataModule
 from selfsup.data.image_text_datasets import Captions, PairFiles, Pairs, read_manifest
 from selfsup.data.text_datasets import file_identity, holdout
@@ -59,6 +60,9 @@ class ImageTextDataModule(Tokenized, ImageDataModule):
                 raise DataError(f"{self.source} holds no image-text pairs; check the manifest")
             if val is None:
                 held = holdout(train.names or train.paths, self.val_fraction)
+                if self.val_fraction > 0 and not held.any():
+                    note(f"{self.source}: data.val_fraction={self.val_fraction} holds out none of its {len(train)} "
+                         "pairs, so the run has no validation (set data.val_manifest, or a larger data.val_fraction)")
                 train, val = train.select(~held), train.select(held)
             self._splits = (train, val)
         return self._splits

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from selfsup.console import note
 from selfsup.data.datamodule import KeyedDataModule
 from selfsup.data.text_datasets import (
     BlockDataset,
@@ -94,6 +95,9 @@ class TextDataModule(Tokenized, KeyedDataModule):
         if c.val_texts is not None:
             return (c.texts, c.labels), (c.val_texts, c.val_labels)
         val = holdout(c.texts, self.val_fraction)
+        if self.val_fraction > 0 and not val.any():
+            note(f"{self.source}: data.val_fraction={self.val_fraction} holds out none of its {len(c.texts)} "
+                 "documents, so the run has no validation (set a larger data.val_fraction, or a validation split)")
         pick = lambda keep: ([t for t, v in zip(c.texts, val) if v == keep],  # noqa: E731
                              [y for y, v in zip(c.labels, val) if v == keep] if c.labels is not None else None)
         return pick(False), pick(True)
@@ -101,7 +105,7 @@ class TextDataModule(Tokenized, KeyedDataModule):
     def make_dataset(self, texts: list[str], labels: list[int] | None) -> Dataset:
         info, tok = self.tokenizer_info, self.tokenizer
         if self.next_sentence:
-            segs = [self.corpus.segments(t) for t in texts]
+            segs = self.corpus.pair_documents(texts, labels)
             flat = TokenArrays.encode(tok, [s for doc in segs for s in doc])
             lengths = flat.lengths()
             keep = lengths > 0  # segments without a token (only control characters, say) are dropped

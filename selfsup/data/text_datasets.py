@@ -36,7 +36,9 @@ def lines(text: str) -> list[str]:
 class Corpus:
     """Documents as strings, optional integer labels, and what identifies the corpus for the tokenizer cache.
 
-    `segments` splits a document into the sentences next-sentence pairs are made of. A source with its own
+    `segments` splits a document into the sentences next-sentence pairs are made of. `passages`: the documents
+    are consecutive short passages of longer texts (WordNet's glosses, in lexicographer-file order), so for
+    next-sentence pairs a run of consecutive documents with one label is one document. A source with its own
     validation documents sets `val_texts` (and `val_labels`); otherwise a fraction is held out by hash.
     """
 
@@ -44,6 +46,7 @@ class Corpus:
     labels: list[int] | None
     identity: Any
     segments: Callable[[str], list[str]] = sentences
+    passages: bool = False
     val_texts: list[str] | None = None
     val_labels: list[int] | None = None
     classes: Sequence[str] | None = field(default=None)
@@ -51,6 +54,18 @@ class Corpus:
     def all_texts(self) -> Iterable[str]:
         yield from self.texts
         yield from self.val_texts or ()
+
+    def pair_documents(self, texts: Sequence[str], labels: Sequence[int] | None) -> list[list[str]]:
+        """The documents next-sentence pairs are drawn from, as lists of segments: one per text, or with
+        `passages` one per run of consecutive texts sharing a label. A one-sentence document has no true
+        continuation, so without this every WordNet pair would take the random branch."""
+        docs: list[list[str]] = []
+        for i, text in enumerate(texts):
+            if self.passages and labels is not None and i > 0 and labels[i] == labels[i - 1]:
+                docs[-1].extend(self.segments(text))
+            else:
+                docs.append(self.segments(text))
+        return docs
 
 
 def file_identity(paths: Iterable[Path]) -> list[tuple[str, int, int]]:
@@ -165,9 +180,10 @@ def truncate_pair(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
 class PairDataset(Dataset):
     """BERT's next-sentence pairs: chunks of consecutive sentences of one document, split into A and B.
 
-    Chunks are fixed once (greedy runs of sentences up to max_length - 3 tokens), so the dataset has a fixed
-    size; each (epoch, index) draws from its sample key where A ends and whether B is the true continuation
-    (label 0) or sentences from another document (label 1, also always when the chunk is a single sentence).
+    Chunks are fixed once (greedy runs of sentences up to max_length - 3 tokens; a document's single-sentence
+    remainder joins its previous chunk), so the dataset has a fixed size; each (epoch, index) draws from its
+    sample key where A ends and whether B is the true continuation (label 0) or sentences from another document
+    (label 1, also always when the chunk is a single sentence: a one-sentence document, or one longer sentence).
     """
 
     def __init__(self, segments: TokenArrays, doc_segments: np.ndarray, max_length: int, info: TokenizerInfo,
@@ -188,8 +204,11 @@ class PairDataset(Dataset):
                 if total >= self.budget:
                     chunks.append((d, start, s + 1))
                     start, total = s + 1, 0
-            if start < doc_segments[d + 1]:
-                chunks.append((d, start, int(doc_segments[d + 1])))
+            end = int(doc_segments[d + 1])
+            if end - start == 1 and chunks and chunks[-1][0] == d:
+                chunks[-1] = (d, chunks[-1][1], end)
+            elif start < end:
+                chunks.append((d, start, end))
         self.chunks = np.asarray(chunks, dtype=np.int64).reshape(-1, 3)
 
     def __len__(self) -> int:

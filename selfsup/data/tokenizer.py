@@ -57,6 +57,18 @@ def bert_pipeline(model: WordPiece, lowercase: bool) -> Tokenizer:
     return tokenizer
 
 
+def with_bert_template(tokenizer: Tokenizer) -> Tokenizer:
+    """`tokenizer` whose encode() adds what training added by hand: `[CLS] A [SEP]` and `[CLS] A [SEP] B [SEP]`
+    (segment ids 0 / 1). Training encodes with add_special_tokens=False, so only exported copies carry this, and
+    `Tokenizer.from_file(...).encode(text)` then gives the token ids the model was trained on."""
+    from tokenizers.processors import TemplateProcessing
+
+    ids = {t: tokenizer.token_to_id(t) for t in (CLS, SEP)}
+    tokenizer.post_processor = TemplateProcessing(single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
+                                                  special_tokens=list(ids.items()))
+    return tokenizer
+
+
 def alphabet_of(texts: Iterable[str], normalizer: Any, limit: int) -> list[str]:
     """The `limit` most frequent characters after normalisation, ties broken by the character, sorted."""
     counts: Counter[str] = Counter()

@@ -2,7 +2,9 @@
 
 Each synset line of data.noun, data.verb, data.adj and data.adv ends in ` | gloss`: a definition and example
 sentences separated by `;`. The gloss is one document; its lexicographer file (the line's second field, 0..44,
-e.g. noun.animal, verb.motion) is its label, a topic classification task for probing text features.
+e.g. noun.animal, verb.motion) is its label, a topic classification task for probing text features. The data
+files hold each lexicographer file's synsets in one run, so next-sentence pairs take a lexicographer file's
+glosses as one long document: B is the next gloss (or gloss part) of the same topic, or one of another topic.
 117,659 glosses, about 1.46M words: big enough to pretrain a small BERT, small enough for a CPU.
 """
 from __future__ import annotations
@@ -121,4 +123,4 @@ class WordNet(TextDataModule):
         files = locate(self.root, self.parts)
         glosses = [g for path in files for g in read_data_file(path)]
         return Corpus([g.text for g in glosses], [g.lexfile for g in glosses], {"wordnet": file_identity(files)},
-                      segments=split_gloss, classes=LEXNAMES)
+                      segments=split_gloss, passages=True, classes=LEXNAMES)

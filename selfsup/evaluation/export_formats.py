@@ -14,7 +14,8 @@ with the CIFAR stem (3x3 stride-1 first convolution, no max-pool) have no timm c
 them with `load_timm(DIR)` here, which swaps the stem as selfsup does and loads the weights strictly.
 
 Text encoders (selfsup's TextTransformer) become `model.safetensors`, `config.json` (the constructor's kwargs)
-and the run's tokenizer file (`tokenizer.json`, or `vocab.txt`); `load_text_encoder(DIR)` rebuilds both.
+and the run's tokenizer file (`tokenizer.json`, whose encode() adds [CLS] and [SEP] as training did, or
+`vocab.txt`); `load_text_encoder(DIR)` rebuilds both.
 Before writing, the export checks that the rebuilt model gives the backbone's features.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ from torch import nn
 from selfsup.backbones.resnet import ResNet
 from selfsup.backbones.text_transformer import TextTransformer
 from selfsup.backbones.vit import ViT
-from selfsup.data.tokenizer import load_tokenizer
+from selfsup.data.tokenizer import load_tokenizer, save_atomic, with_bert_template
 from selfsup.errors import ConfigError
 from selfsup.evaluation.pretrained import Pretrained
 
@@ -122,7 +123,7 @@ def load_text_encoder(folder: str | Path) -> tuple[nn.Module, Any]:
     cfg = json.loads((folder / CONFIG).read_text())
     model = TextTransformer(**cfg["kwargs"])
     model.load_state_dict(load_file(str(folder / WEIGHTS)), strict=True)
-    tokenizer = load_tokenizer(folder / cfg["tokenizer"], cfg.get("lowercase", True))
+    tokenizer = with_bert_template(load_tokenizer(folder / cfg["tokenizer"], cfg.get("lowercase", True)))
     return model.eval(), tokenizer
 
 
@@ -142,7 +143,11 @@ def export_text(pre: Pretrained, out: Path, tokenizer: str | None) -> dict[str, 
               "source": {"checkpoint": str(pre.checkpoint.resolve()), "step": pre.step}}
     out.mkdir(parents=True, exist_ok=True)
     save_file(_state(pre.backbone), str(out / WEIGHTS))
-    if not (out / name).exists() or not (out / name).samefile(tokenizer):  # exporting into the run folder itself
+    if (out / name).exists() and (out / name).samefile(tokenizer):
+        pass  # exported into the run folder itself: the run's tokenizer stays as it trained (resume compares it)
+    elif name == "tokenizer.json":  # encode() adds [CLS] and [SEP], as training did
+        save_atomic(with_bert_template(load_tokenizer(tokenizer)), out / name, replace=True)
+    else:
         shutil.copyfile(tokenizer, out / name)
     (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     check_same_features(load_text_encoder(out)[0], pre.backbone)

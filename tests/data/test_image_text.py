@@ -74,3 +74,15 @@ def test_manifest_batches_hold_views_fixed_length_captions_and_labels(tmp_path):
     clear = data.train_set[(0, 0)]["image"].float()
     assert clear.min() == 255  # transparent pixels are white
     assert first[0].mean() > first[1].mean()  # the opaque red image stays red
+
+
+def test_a_manifest_too_small_for_its_hold_out_says_it_has_no_validation(tmp_path, capsys):
+    write_images(tmp_path, 4)
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"image": f"img{i}.png", "caption": f"square {i}"})
+                                                  + "\n" for i in range(4)))
+    train, val = manifest_module(tmp_path, tmp_path / "pairs.jsonl", val_fraction=0.02).splits()
+    assert len(train) == 4 and len(val) == 0
+    err = capsys.readouterr().err
+    assert "data.val_fraction=0.02 holds out none of its 4 pairs, so the run has no validation" in err
+    manifest_module(tmp_path, tmp_path / "pairs.jsonl", val_fraction=0.0).splits()  # asked for none: no note
+    assert capsys.readouterr().err == ""

@@ -102,6 +102,12 @@ def test_validation_split_is_by_document_hash(tmp_path):
     assert len(dm.train_set) + len(dm.val_set) == 2000 and len(dm.val_set) == a.sum()
 
 
+def test_a_corpus_too_small_for_its_hold_out_says_it_has_no_validation(tmp_path, capsys):
+    small_module(tmp_path, val_fraction=0.01).splits()
+    assert "data.val_fraction=0.01 holds out none of its 18 documents, so the run has no validation" in \
+        capsys.readouterr().err
+
+
 def test_text_file_problems_are_named(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         TextFiles(root=str(tmp_path / "absent"), num_workers=0).corpus

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from selfsup.data import wordnet
@@ -68,3 +69,16 @@ def test_real_wordnet_has_117659_glosses_in_45_classes():
     assert all(t and "|" not in t for t in corpus.texts[:1000])
     val = holdout(corpus.texts, 0.01)
     assert 0.008 < val.mean() < 0.012  # about 1% held out, the same on every run
+
+
+@pytest.mark.skipif(not (wordnet.DEBIAN_DIR / "data.noun").is_file(), reason="apt-get install -y wordnet-base")
+def test_next_sentence_pairs_on_real_wordnet_are_half_random_and_fill_their_blocks():
+    """A gloss is one or two sentences, so pairs within a gloss were mostly random (80.8%) and ~29 tokens long;
+    a lexicographer file's glosses form one document for pairs (the default tokenizer, shared with MLM runs)."""
+    dm = WordNet(num_workers=0, next_sentence=True, mode="packed", max_length=128)
+    dm.setup()
+    samples = [dm.train_set[(0, i)] for i in range(0, len(dm.train_set), 7)]
+    random_fraction = np.mean([s["next_sentence_label"] for s in samples])
+    lengths = np.array([len(s["input_ids"]) for s in samples])
+    assert 0.47 < random_fraction < 0.53, random_fraction
+    assert lengths.mean() > 120 and lengths.max() == 128, lengths.mean()

@@ -5,13 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, assert_same_last_checkpoint, train_whole_and_resumed
+from conftest import ROOT, assert_same_last_checkpoint, run_in_process, train_whole_and_resumed
 from helpers import write_images
 
 from selfsup.data import openclipart
@@ -37,11 +35,10 @@ def test_train_clip_with_its_defaults_then_zero_shot_and_retrieval_offline(train
     scales = [float(row["train/logit_scale"]) for row in rows if row.get("train/logit_scale")]
     assert scales[0] == pytest.approx(1 / 0.07, rel=1e-3) and all(s <= 100 for s in scales)
 
-    env_args = {"cwd": tmp_path}
     for protocol, extra in [("zero_shot", ["data=fashion_mnist", "data.channels=3", "max_val_samples=100"]),
                             ("retrieval", [])]:
-        r = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"checkpoint={run}", f"protocol={protocol}",
-                            "logger=csv", *extra], capture_output=True, text=True, timeout=600, **env_args)
+        r = run_in_process(ROOT / "eval.py", [f"checkpoint={run}", f"protocol={protocol}", "logger=csv", *extra],
+                           cwd=tmp_path)
         assert r.returncode == 0, r.stderr[-3000:]
     own = json.loads((run / "results.json").read_text())["retrieval"]
     # The same pairs through another data module; copies of a drawing in two folders point to one file, as
@@ -52,10 +49,10 @@ def test_train_clip_with_its_defaults_then_zero_shot_and_retrieval_offline(train
         row["image"] = first_copy.setdefault(Path(row["image"]).name, row["image"])
     val_manifest = tmp_path / "val.jsonl"
     val_manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    r = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"checkpoint={run}", "protocol=retrieval",
-                        "logger=csv", "data=image_text_manifest", f"data.manifest={val_manifest}",
-                        f"data.val_manifest={val_manifest}", "batch_size=16", f"out={tmp_path / 'other'}"],
-                       capture_output=True, text=True, timeout=600, **env_args)
+    r = run_in_process(ROOT / "eval.py", [f"checkpoint={run}", "protocol=retrieval", "logger=csv",
+                                          "data=image_text_manifest", f"data.manifest={val_manifest}",
+                                          f"data.val_manifest={val_manifest}", "batch_size=16",
+                                          f"out={tmp_path / 'other'}"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     other = json.loads((tmp_path / "other" / "results.json").read_text())["retrieval"]
     assert {k: v for k, v in other.items() if k.startswith("val/")} == {k: v for k, v in own.items()
@@ -140,9 +137,8 @@ def test_zero_shot_monitor_on_other_labelled_images_matches_offline_eval(train, 
         online = [row for row in csv.DictReader(f) if row.get("val/zero_shot_top1")]
     assert len(online) == 1 and not online[0].get("val/image_to_text_R@1")  # no held-out pairs: no retrieval
 
-    r = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"checkpoint={run}", "protocol=zero_shot",
-                        "data=fashion_mnist", "data.channels=3", "max_val_samples=64", "logger=csv"],
-                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    r = run_in_process(ROOT / "eval.py", [f"checkpoint={run}", "protocol=zero_shot", "data=fashion_mnist",
+                                          "data.channels=3", "max_val_samples=64", "logger=csv"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     offline = json.loads((run / "results.json").read_text())["zero_shot"]
     for k in ("val/zero_shot_top1", "val/zero_shot_top5"):

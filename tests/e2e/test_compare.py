@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, run_train
+from conftest import ROOT, TINY, run_in_process, train_in_process
 from helpers import write_run
 
 from selfsup.evaluation.comparison import read_csv_rows, read_wandb_rows
@@ -19,7 +18,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def real_run(tmp_path_factory) -> Path:
     """One real tiny SimCLR run, logged to CSV and to an offline wandb run."""
     run_dir = tmp_path_factory.mktemp("real") / "simclr"
-    r = run_train(["objective=simclr", "backbone=vit_tiny", "objective.projector_hidden_dim=32",
+    r = train_in_process(["objective=simclr", "backbone=vit_tiny", "objective.projector_hidden_dim=32",
                    "objective.projector_dim=16", "optim=adamw", "data=synthetic", "data.num_samples=128",
                    "data.num_val_samples=32", "data.batch_size=32", "trainer.max_steps=8",
                    "trainer.log_every_n_steps=1",
@@ -31,8 +30,7 @@ def real_run(tmp_path_factory) -> Path:
 
 
 def compare(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "compare.py"), *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+    return run_in_process(ROOT / "compare.py", args, cwd)
 
 
 def test_table_over_seeds_and_plots(tmp_path, real_run):

@@ -5,12 +5,12 @@ import csv
 import math
 
 import pytest
-from conftest import run_train
+from conftest import train_in_process
 
 
 def test_train_py_runs_mlm_end_to_end(tmp_path):
     run_dir = tmp_path / "run"
-    r = run_train(["objective=mlm", "backbone=text_tiny", "trainer=cpu", "logger=csv", "data.num_workers=0",
+    r = train_in_process(["objective=mlm", "backbone=text_tiny", "trainer=cpu", "logger=csv", "data.num_workers=0",
                    "trainer.max_steps=3", "trainer.log_every_n_steps=1", "+trainer.val_check_interval=3",
                    "data.parts=[verb]", "data.batch_size=32", "data.tokenizer.vocab_size=2000",
                    f"data.tokenizer.cache_dir={tmp_path / 'tokenizers'}", f"run_dir={run_dir}"])

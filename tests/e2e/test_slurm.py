@@ -6,34 +6,20 @@ SELFSUP_REQUIRE_SLURM=1, which turns a skip into a failure.
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from conftest import ROOT, TINY, run_train
-from slurm_utils import job_field, sbatch, slurm_unavailable_reason, start_cluster, stop_cluster, wait_for_job
+from slurm_utils import job_field, sbatch, wait_for_job
 
 CPU_JOB = ["--partition=local", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15"]
 SMALL = [a for a in TINY if a not in ("trainer=cpu",)] + [
     "objective=mae", "data=synthetic", "trainer.accelerator=cpu", "trainer.precision=32-true",
     "trainer.log_every_n_steps=1", "trainer.limit_val_batches=2", "data.batch_size=32",
 ]
-
-
-@pytest.fixture(scope="module")
-def slurm():
-    reason = slurm_unavailable_reason()
-    if reason:
-        if os.environ.get("SELFSUP_REQUIRE_SLURM"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    start_cluster()
-    yield
-    stop_cluster()
 
 
 def train_losses(run_dir: Path) -> dict[int, float]:
@@ -54,25 +40,6 @@ def test_sbatch_two_tasks_train_with_ddp(slurm, tmp_path):
     ckpt = torch.load(ROOT / "runs" / "slurm" / job / "checkpoints" / "last.ckpt", map_location="cpu",
                       weights_only=False)
     assert ckpt["global_step"] == 3
-
-
-def test_hydra_sweep_through_the_submitit_slurm_launcher(slurm, tmp_path):
-    sweep = tmp_path / "sweep"
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm", *SMALL, "seed=0,1",
-         "trainer.max_steps=2", f"hydra.sweep.dir={sweep}", "hydra.launcher.partition=local",
-         "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=15",
-         "logger.wandb.mode=offline"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ, WANDB_SILENT="true"))
-    assert r.returncode == 0, r.stderr[-3000:]
-    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert [p.name for p in runs] == ["0_mae_seed0", "1_mae_seed1"]
-    for run in runs:
-        assert (run / "checkpoints" / "last.ckpt").is_file()
-        assert sorted(train_losses(run)) == [0, 1]
-        # both runs joined the wandb group named after the sweep (stored in the offline run's record)
-        record = next(run.glob("wandb/offline-run-*/run-*.wandb")).read_bytes()
-        assert sweep.name.encode() in record
 
 
 def test_preempted_job_requeues_and_resumes_to_the_same_end(slurm, tmp_path):
@@ -104,30 +71,6 @@ def test_preempted_job_requeues_and_resumes_to_the_same_end(slurm, tmp_path):
     assert train_losses(run_dir) == train_losses(reference)  # every step once, same values
     for name, tensor in ref["state_dict"].items():
         assert torch.equal(tensor, ckpt["state_dict"][name]), name
-
-
-def fresh_clone(tmp_path: Path) -> Path:
-    """The repository's files as a fresh clone has them: tracked and not ignored, nothing else (no runs/)."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    clone = tmp_path / "clone"
-    for name in files:
-        if (ROOT / name).is_file():
-            (clone / name).parent.mkdir(parents=True, exist_ok=True)
-            (clone / name).write_bytes((ROOT / name).read_bytes())
-    return clone
-
-
-def test_sbatch_from_a_fresh_clone_writes_its_log_where_the_script_says(slurm, tmp_path):
-    """`#SBATCH --output=runs/slurm/%j.out` is opened by slurmd before the script runs: the folder must exist
-    in a fresh clone (no --output of the test's own here, as a user types it)."""
-    clone = fresh_clone(tmp_path)
-    assert not (clone / "runs" / "slurm" / "1.out").exists() and (clone / "runs" / "slurm").is_dir()
-    job = sbatch([*CPU_JOB, "--ntasks-per-node=1", "slurm/train.sbatch", *SMALL, "trainer.max_steps=1"], cwd=clone)
-    log = clone / "runs" / "slurm" / f"{job}.out"
-    assert wait_for_job(job) == "COMPLETED", log.read_text()[-3000:] if log.exists() else "no log"
-    assert f"job {job} restart 0" in log.read_text()
-    assert (clone / "runs" / "slurm" / job / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_the_cluster_script_stops_only_the_daemons_it_started(slurm, tmp_path):

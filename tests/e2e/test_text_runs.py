@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import csv
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, assert_same_last_checkpoint, run_train, train_whole_and_resumed
+from conftest import ROOT, assert_same_last_checkpoint, run_in_process, train_in_process, train_whole_and_resumed
 from helpers import STORY
 
 from selfsup.data import tokenizer as tok
@@ -23,7 +21,7 @@ def test_resumed_text_run_matches_an_uninterrupted_one(tmp_path):
             "data.parts=[adv]", "data.batch_size=32", "data.tokenizer.vocab_size=1000", "trainer.max_steps=6",
             "checkpoint.every_n_steps=3", "trainer.log_every_n_steps=1", "trainer.deterministic=true",
             f"data.tokenizer.cache_dir={tmp_path / 'tokenizers'}"]
-    full, resumed = train_whole_and_resumed(run_train, args, tmp_path, step=3)
+    full, resumed = train_whole_and_resumed(train_in_process, args, tmp_path, step=3)
     assert_same_last_checkpoint(full, resumed, global_step=6)
 
     def losses(run_dir: Path) -> dict[int, str]:
@@ -43,21 +41,20 @@ def test_a_text_run_keeps_its_tokenizer_for_resume_and_embedding(tmp_path):
     args = ["objective=mlm", "backbone=text_tiny", "trainer=cpu", "logger=csv", "data.num_workers=0",
             "data.parts=[adv]", "data.batch_size=32", "data.tokenizer.vocab_size=1000", "monitors.enabled=false",
             "checkpoint.every_n_steps=2", f"data.tokenizer.cache_dir={cache}", f"run_dir={run}"]
-    r = run_train([*args, "trainer.max_steps=2"])
+    r = train_in_process([*args, "trainer.max_steps=2"])
     assert r.returncode == 0, r.stderr[-3000:]
     (cached,) = cache.glob("*.json")
     assert tok.same_tokenization(tok.load_tokenizer(run / "tokenizer.json"), tok.load_tokenizer(cached))
 
     shutil.rmtree(cache)
-    r = run_train([*args, "trainer.max_steps=4", "resume=auto"])
+    r = train_in_process([*args, "trainer.max_steps=4", "resume=auto"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming from" in r.stdout
-    r = subprocess.run([sys.executable, str(ROOT / "embed.py"), f"checkpoint={run}", f"out={tmp_path / 'e.npz'}",
-                        "max_samples=64"], capture_output=True, text=True, timeout=600)
+    r = run_in_process(ROOT / "embed.py", [f"checkpoint={run}", f"out={tmp_path / 'e.npz'}", "max_samples=64"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert np.load(tmp_path / "e.npz")["features"].shape == (64, 128)
     continued = tmp_path / "continued"  # resuming another run's checkpoint takes that run's tokenizer too
-    r = run_train([*args[:-1], f"run_dir={continued}", "trainer.max_steps=6", f"resume={run}"])
+    r = train_in_process([*args[:-1], f"run_dir={continued}", "trainer.max_steps=6", f"resume={run}"])
     assert r.returncode == 0, r.stderr[-3000:]
     kept, continued_kept = (tok.load_tokenizer(d / "tokenizer.json") for d in (run, continued))
     assert tok.same_tokenization(kept, continued_kept)
@@ -65,5 +62,6 @@ def test_a_text_run_keeps_its_tokenizer_for_resume_and_embedding(tmp_path):
 
     other = tok.train_wordpiece(STORY, vocab_size=100, min_frequency=1)
     other.save(str(tmp_path / "other.json"))
-    r = run_train([*args, "trainer.max_steps=6", "resume=auto", f"data.tokenizer.path={tmp_path / 'other.json'}"])
+    r = train_in_process([*args, "trainer.max_steps=6", "resume=auto",
+                          f"data.tokenizer.path={tmp_path / 'other.json'}"])
     assert r.returncode == 2 and "the run this one resumes was trained with the tokenizer" in r.stderr

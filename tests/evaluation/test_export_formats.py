@@ -84,9 +84,12 @@ def test_resnet_export_loads_in_timm_with_identical_features(tmp_path, cifar_ste
 
 @needs_text
 def test_text_export_keeps_weights_and_tokenizer(tmp_path):
+    from tokenizers import Tokenizer
+
     from selfsup.backbones.text_transformer import TextTransformer
     from selfsup.commands.export_backbone import export
-    from selfsup.data.tokenizer import train_wordpiece
+    from selfsup.data.text_datasets import TokenArrays
+    from selfsup.data.tokenizer import token_ids_of, train_wordpiece
     from selfsup.evaluation.export_formats import load_text_encoder
 
     corpus = [f"the quick brown fox number {i} jumps over the lazy dog" for i in range(50)]
@@ -101,7 +104,15 @@ def test_text_export_keeps_weights_and_tokenizer(tmp_path):
     export(run, tmp_path / "export")
     assert (tmp_path / "export" / "tokenizer.json").is_file()
     model, tok = load_text_encoder(tmp_path / "export")
-    ids = torch.tensor([tok.encode("the quick brown fox").ids])
+    # the ids training gave this text ([CLS] text [SEP]: a lines-mode sample), from the exported file alone
+    trained = TokenArrays.encode(tokenizer, ["the quick brown fox"])
+    info = token_ids_of(tokenizer)
+    expected = [info.cls_id, *trained.tokens.tolist(), info.sep_id]
+    for loaded in (tok, Tokenizer.from_file(str(tmp_path / "export" / "tokenizer.json"))):
+        assert loaded.encode("the quick brown fox").ids == expected
+    pair = tok.encode("the fox", "the dog")
+    assert pair.ids[0] == info.cls_id and pair.ids.count(info.sep_id) == 2 and pair.type_ids[-1] == 1
+    ids = torch.tensor([expected])
     with torch.no_grad():
         torch.testing.assert_close(model(ids), text.eval()(ids))
 

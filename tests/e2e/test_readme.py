@@ -43,6 +43,8 @@ from selfsup.evaluation.wandb_offline import history, offline_runs
 PROGRAMS = ("python", "sbatch", "bash", "pip", "apt-get")
 UNTESTED = re.compile(r'<!-- untested "([^"]+)": (.+?) -->')
 MAE_RUN, SWEEP = "runs/2026-11-23/10-00-00_mae", "runs/sweeps/2026-11-23/10-00-00"
+ASSIGNMENT = re.compile(r"[A-Z_]+=\S*")  # VAR=value before a command
+# offline wandb as for a user who has not logged in; WARMUP/ITERS: one timed step of bench/throughput.py
 ENV = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "2", "WARMUP": "0", "ITERS": "1"}
 
 # (trainer.log_every_n_steps stays at its default, above the steps: short runs must still log their loss)
@@ -67,7 +69,7 @@ class Command:
 
     @property
     def program(self) -> str:
-        words = [w for w in self.words if not re.fullmatch(r"[A-Z_]+=\S*", w)]
+        words = [w for w in self.words if not ASSIGNMENT.fullmatch(w)]
         if words[0] == "python" and words[1].endswith(".py"):
             return Path(words[1]).name + (" -m" if "-m" in words[2:] else "")
         return words[0]
@@ -77,8 +79,13 @@ class Command:
         return STAGES.index(self.program) if self.program in STAGES else len(STAGES)
 
     def value(self, key: str) -> str | None:
-        found = [w.split("=", 1)[1] for w in self.words if w.startswith(key + "=")]
-        return found[-1] if found else None
+        return value_of(self.words, key)
+
+
+def value_of(words: list[str], key: str) -> str | None:
+    """The last `key=value` of the words (the one Hydra takes)."""
+    found = [w.split("=", 1)[1] for w in words if w.startswith(key + "=")]
+    return found[-1] if found else None
 
 
 def readme_commands(text: str) -> list[Command]:
@@ -95,7 +102,7 @@ def readme_commands(text: str) -> list[Command]:
         pending += line[:-1] + " " if line.endswith("\\") else line
         if line.endswith("\\"):
             continue
-        program = next((w for w in pending.split() if not re.fullmatch(r"[A-Z_]+=\S*", w)), None)
+        program = next((w for w in pending.split() if not ASSIGNMENT.fullmatch(w)), None)
         if program in PROGRAMS:  # other blocks show files and diagrams
             commands.append(Command(start, block, " ".join(pending.split()), shlex.split(pending, comments=True)))
         pending = ""
@@ -262,18 +269,19 @@ def check_outputs(command: Command, words: list[str], state: dict, new_runs: lis
         else:
             (sweep,) = {run.parent for run in new_runs}
             state["sweeps"][command.block] = sweep
-            for run in new_runs:  # one wandb group per sweep
-                assert sweep.name.encode() in offline_runs(run)[0].read_bytes()
+            for run in new_runs:  # wandb runs named after their job, in one group named after the sweep
+                record = offline_runs(run)[0].read_bytes()
+                assert run.name.encode() in record and sweep.name.encode() in record
     elif command.program == "eval.py":
-        checkpoint = Path(command_value(words, "checkpoint"))
+        checkpoint = Path(value_of(words, "checkpoint"))
         results = json.loads((checkpoint / "results.json").read_text())
-        protocol = command_value(words, "protocol") or "knn"
-        suffix = "@random_init" if command_value(words, "weights") == "random" else ""
+        protocol = value_of(words, "protocol") or "knn"
+        suffix = "@random_init" if value_of(words, "weights") == "random" else ""
         assert any(key.startswith(protocol) and key.endswith(suffix) for key in results), list(results)
     elif command.program == "embed.py":
-        assert (clone / command_value(words, "out")).stat().st_size > 0
+        assert (clone / value_of(words, "out")).stat().st_size > 0
     elif command.program == "export.py":
-        assert (clone / command_value(words, "out") / "model.safetensors").is_file()
+        assert (clone / value_of(words, "out") / "model.safetensors").is_file()
     elif command.program == "compare.py":
         sweep = Path(words[words.index("compare.py") + 1])
         jobs = [run for run in run_folders(clone) if run.parent == sweep]
@@ -287,15 +295,10 @@ def check_outputs(command: Command, words: list[str], state: dict, new_runs: lis
         assert (sweep / "compare" / "table.md").is_file()
 
 
-def command_value(words: list[str], key: str) -> str | None:
-    found = [w.split("=", 1)[1] for w in words if w.startswith(key + "=")]
-    return found[-1] if found else None
-
-
 def run_command(command: Command, words: list[str], state: dict, request) -> subprocess.CompletedProcess:
     clone = state["clone"]
-    env = dict(ENV, **dict(w.split("=", 1) for w in words if re.fullmatch(r"[A-Z_]+=\S*", w)))
-    words = [w for w in words if not re.fullmatch(r"[A-Z_]+=\S*", w)]
+    env = dict(ENV, **dict(w.split("=", 1) for w in words if ASSIGNMENT.fullmatch(w)))
+    words = [w for w in words if not ASSIGNMENT.fullmatch(w)]
     if command.program == "sbatch":
         request.getfixturevalue("slurm")
         script = next(i for i, w in enumerate(words) if w.endswith(".sbatch"))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY, run_train
+from conftest import ROOT, TINY, train_in_process
 from PIL import Image
 
 from selfsup.checkpoint_io import SAVE_DELAY_ENV, CheckpointError, atomic_save, load_checkpoint, newest_loadable
@@ -58,7 +58,7 @@ def wait_until(condition, timeout: float = 180) -> None:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("reference")
-    r = run_train([*ARGS, f"run_dir={run_dir}"])
+    r = train_in_process([*ARGS, f"run_dir={run_dir}"])
     assert r.returncode == 0, r.stderr[-3000:]
     return run_dir
 
@@ -79,7 +79,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(reference, tmp_pa
     wait_until(lambda: (run_dir / "metrics.csv").is_file() and len(train_rows(run_dir)) >= kill_after)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    r = run_train([*ARGS, f"run_dir={run_dir}", "resume=auto"])
+    r = train_in_process([*ARGS, f"run_dir={run_dir}", "resume=auto"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_run(run_dir, reference)
 
@@ -93,7 +93,7 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_whole(referen
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert load_checkpoint(ckpts / "last.ckpt")["global_step"] == 2  # the previous one, whole
-    r = run_train([*ARGS, f"run_dir={run_dir}", "resume=auto"])
+    r = train_in_process([*ARGS, f"run_dir={run_dir}", "resume=auto"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert not list(ckpts.glob(".*.tmp"))
     assert_same_run(run_dir, reference)
@@ -127,7 +127,7 @@ def test_checkpoint_with_a_pickled_object_is_refused_and_never_runs(tmp_path):
     torch.save({"global_step": 1, "state_dict": {}, "payload": CreatesFile(str(marker))}, evil)
     with pytest.raises(CheckpointError, match="refusing to load"):
         load_checkpoint(evil)
-    r = run_train([*ARGS, f"run_dir={tmp_path / 'run'}", f"resume={evil}"])
+    r = train_in_process([*ARGS, f"run_dir={tmp_path / 'run'}", f"resume={evil}"])
     assert r.returncode == 2 and "refusing to load" in error_line(r.stderr)
     assert not marker.exists()
 
@@ -135,7 +135,7 @@ def test_checkpoint_with_a_pickled_object_is_refused_and_never_runs(tmp_path):
 def nan_run(tmp_path: Path, extra: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     """train.py with the NaN-injecting objective of tests/targets.py."""
     pythonpath = os.pathsep.join(p for p in (str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p)
-    return run_train([*ARGS, "objective._target_=targets.NaNMAE", f"run_dir={tmp_path}", *extra],
+    return train_in_process([*ARGS, "objective._target_=targets.NaNMAE", f"run_dir={tmp_path}", *extra],
                      env={"PYTHONPATH": pythonpath}, timeout=timeout)
 
 
@@ -212,7 +212,7 @@ def test_training_on_a_folder_with_corrupt_images_logs_the_count(tmp_path):
     write_images(tmp_path / "data" / "cls_a", 10)
     corrupt_images(tmp_path / "data" / "cls_a")
     run_dir = tmp_path / "run"
-    r = run_train([*BASE, "data=image_folder", f"data.root={tmp_path / 'data'}", "data.image_size=32",
+    r = train_in_process([*BASE, "data=image_folder", f"data.root={tmp_path / 'data'}", "data.image_size=32",
                    "data.batch_size=4", "data.num_workers=1", "trainer.max_steps=6", f"run_dir={run_dir}"])
     assert r.returncode == 0, r.stderr[-3000:]
     with (run_dir / "metrics.csv").open(newline="") as f:
@@ -222,7 +222,7 @@ def test_training_on_a_folder_with_corrupt_images_logs_the_count(tmp_path):
 
 def test_a_folder_without_any_readable_image_fails_before_training(tmp_path):
     corrupt_images(tmp_path / "data" / "cls_a")
-    r = run_train([*BASE, "data=image_folder", f"data.root={tmp_path / 'data'}", "data.image_size=32",
+    r = train_in_process([*BASE, "data=image_folder", f"data.root={tmp_path / 'data'}", "data.image_size=32",
                    "data.batch_size=2", "data.num_workers=0", f"run_dir={tmp_path / 'run'}"])
     line = error_line(r.stderr)
     assert r.returncode == 2 and "no readable sample in image_folder" in line and str(tmp_path / "data") in line
@@ -237,7 +237,7 @@ def test_read_only_run_folder_is_refused_before_any_work(tmp_path):
         pytest.skip("/sys is writable here")
     except OSError:
         pass
-    r = run_train([*ARGS, f"run_dir={target}"])
+    r = train_in_process([*ARGS, f"run_dir={target}"])
     assert r.returncode == 2 and f"run folder {target} is not writable" in error_line(r.stderr)
 
 
@@ -247,11 +247,12 @@ def test_run_folder_records_versions_and_refuses_a_different_model_on_resume(ref
     for key in ('"torch"', '"lightning"', '"timm"', '"selfsup"', '"git_commit"'):
         assert key in info[0]
     run_dir = tmp_path / "run"
-    assert run_train([*ARGS, "trainer.max_steps=2", f"run_dir={run_dir}"]).returncode == 0
-    r = run_train([*ARGS, "trainer.max_steps=2", f"run_dir={run_dir}", "resume=auto", "objective.mask_ratio=0.5"])
+    assert train_in_process([*ARGS, "trainer.max_steps=2", f"run_dir={run_dir}"]).returncode == 0
+    r = train_in_process([*ARGS, "trainer.max_steps=2", f"run_dir={run_dir}", "resume=auto",
+                          "objective.mask_ratio=0.5"])
     line = error_line(r.stderr)
     assert r.returncode == 2 and "objective.mask_ratio: 0.75 -> 0.5" in line
-    r = run_train([*ARGS, "trainer.max_steps=4", f"run_dir={run_dir}", "resume=auto"])  # a longer budget is fine
+    r = train_in_process([*ARGS, "trainer.max_steps=4", f"run_dir={run_dir}", "resume=auto"])  # a longer budget is fine
     assert r.returncode == 0, r.stderr[-3000:]
     assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 4
     assert len((run_dir / "run_info.jsonl").read_text().splitlines()) == 2

@@ -3,7 +3,6 @@ selfsup changes. Each is trained, resumed, evaluated (kNN), embedded and exporte
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import ROOT, run_in_process
 
 TOY_OBJECTIVE = '''
 """A toy pretext task: predict each image's mean brightness from its features."""
@@ -104,26 +102,12 @@ def lab(tmp_path_factory) -> Path:
 
 
 def command(lab: Path, script: str, *args: str) -> subprocess.CompletedProcess:
-    """A user's command line from the lab folder, with the lab's modules importable and trusted by name."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(lab), os.environ.get("PYTHONPATH", "")]),
-               SELFSUP_TRUSTED_TARGETS=TRUSTED, WANDB_MODE="offline",
-               PYTHONWARNINGS="ignore",
-               OMP_NUM_THREADS="2")
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=lab, env=env, capture_output=True,
-                          text=True, timeout=600)
-
-
-def script_in_process(lab: Path, script: str, *args: str) -> int:
-    """`python SCRIPT ARGS` (eval.py, embed.py, export.py) run in this process through the script's own main, with
-    the lab's modules importable and trusted: the same command line, without importing torch once more."""
-    spec = importlib.util.spec_from_file_location(f"lab_cli_{script}", ROOT / script)
-    module = importlib.util.module_from_spec(spec)
+    """A user's command line from the lab folder, with the lab's modules importable and trusted by name, run in
+    this process (the same command line, without importing torch once more)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(str(lab))
-        patch.setenv("SELFSUP_TRUSTED_TARGETS", TRUSTED)
-        patch.chdir(lab)
-        spec.loader.exec_module(module)
-        return module.main(list(args))
+        return run_in_process(ROOT / script, list(args), cwd=lab,
+                              env={"SELFSUP_TRUSTED_TARGETS": TRUSTED, "WANDB_MODE": "offline"})
 
 
 def lifecycle(lab: Path, run: Path, choice: list[str]) -> None:
@@ -141,11 +125,11 @@ def lifecycle(lab: Path, run: Path, choice: list[str]) -> None:
     with (run / "metrics.csv").open(newline="") as f:
         logged = [int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")]
     assert logged == [0, 1, 2, 3, 4]  # each step once, across the resume
-    assert script_in_process(lab, "eval.py", f"checkpoint={run}", "protocol=knn", "logger=csv", "device=cpu") == 0
+    assert command(lab, "eval.py", f"checkpoint={run}", "protocol=knn", "logger=csv", "device=cpu").returncode == 0
     assert 0 <= json.loads((run / "results.json").read_text())["knn"]["val/knn_top1"] <= 1
-    assert script_in_process(lab, "embed.py", f"checkpoint={run}", f"out={run / 'features.npz'}", "device=cpu") == 0
+    assert command(lab, "embed.py", f"checkpoint={run}", f"out={run / 'features.npz'}", "device=cpu").returncode == 0
     assert (run / "features.npz").is_file()
-    assert script_in_process(lab, "export.py", f"checkpoint={run}", f"out={run / 'export'}") == 0
+    assert command(lab, "export.py", f"checkpoint={run}", f"out={run / 'export'}").returncode == 0
     assert (run / "export" / "model.safetensors").is_file()
 
 

@@ -38,5 +38,5 @@ def quiet(verbose: bool) -> None:
 def note(message: str) -> None:
     """One line the user should read (a substitution or an omission the run makes on its own), on stderr, from the
     first process only: unlike a Python warning it is not hidden by PYTHONWARNINGS or repeated per process."""
-    if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) in ("0", ""):
+    if all(os.environ.get(k, "0") in ("0", "") for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")):
         print(f"note: {message}", file=sys.stderr, flush=True)

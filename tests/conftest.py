@@ -1,4 +1,4 @@
-"""Shared by every test folder: the repository root, train.py in a subprocess, markers, session fixtures.
+"""Shared by every test folder: the repository root, commands run in this process or a subprocess, markers, fixtures.
 
 The folders mirror the package (objectives/, backbones/, data/, evaluation/, callbacks/, optim/; top-level modules at
 the top) and e2e/ holds the runs of the command lines (train.py, eval.py, embed.py, compare.py, SLURM, fault

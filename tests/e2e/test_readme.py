@@ -41,7 +41,7 @@ from torch._dynamo.utils import counters
 from selfsup.evaluation.wandb_offline import history, offline_runs
 
 PROGRAMS = ("python", "sbatch", "bash", "pip", "apt-get")
-UNTESTED = re.compile(r'<!-- untested "([^"]+)": (.+?) -->')
+UNTESTED = re.compile(r'^<!-- untested "([^"]+)": (.+?) -->$', re.MULTILINE)  # a line of its own
 MAE_RUN, SWEEP = "runs/2026-11-23/10-00-00_mae", "runs/sweeps/2026-11-23/10-00-00"
 ASSIGNMENT = re.compile(r"[A-Z_]+=\S*")  # VAR=value before a command
 # offline wandb as for a user who has not logged in; WARMUP/ITERS: one timed step of bench/throughput.py

@@ -21,6 +21,15 @@ class NonFiniteLoss(SelfsupError):
     """The loss (or a weight) became NaN or infinite."""
 
 
+class Stopped(SelfsupError):
+    """The run stopped on a signal before its end, its checkpoint saved. Not the user's mistake, but the process
+    must not exit 0: a scheduler would record a preempted job as finished and never run it again."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def one_line(error: BaseException) -> str:
     """The error's own message on one line, also when a DataLoader worker wrapped it in a traceback."""
     text = str(error).strip()
@@ -31,7 +40,11 @@ def one_line(error: BaseException) -> str:
 
 
 def report(error: SelfsupError) -> int:
-    """Print a user error as `error: <one line>` on stderr; returns the exit code of entry points, 2."""
+    """Print a user error as `error: <one line>` on stderr; returns the exit code of entry points: 2, or a
+    stopped run's status (128 + the signal's number, as a shell reports a process a signal ended)."""
+    if isinstance(error, Stopped):
+        print(f"stopped: {one_line(error)}", file=sys.stderr)
+        return error.status
     print(f"error: {one_line(error)}", file=sys.stderr)
     return 2
 

@@ -1,4 +1,5 @@
-"""Preemption: on SIGUSR1 or SIGTERM, finish the step, save last.ckpt, requeue the SLURM job, and stop.
+"""Preemption: on SIGUSR1 or SIGTERM, finish the step, save last.ckpt, requeue the SLURM job, and stop; a run
+that was not requeued (outside SLURM) ends with status 128 + the signal's number (143 for SIGTERM).
 
 Why not Lightning's own SLURM auto-requeue: its handler saves the checkpoint inside the signal handler,
 which Python runs between any two bytecodes: mid-step, or between an optimizer's updates of two tensors.
@@ -16,7 +17,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from selfsup.callbacks.run_checkpoint import RunCheckpoint
-from selfsup.errors import ConfigError
+from selfsup.errors import ConfigError, Stopped
 
 SIGNALS = ("SIGUSR1", "SIGTERM")
 
@@ -31,6 +32,7 @@ class Preemption(pl.Callback):
         self.signals = [getattr(signal, name) for name in signals]
         self.check_every_n_steps = max(1, check_every_n_steps)
         self.received: int | None = None
+        self.stopped: Stopped | None = None  # set when the run must end with a non-zero status (see pretrain)
         self._previous: dict[int, Any] = {}
 
     def _flag(self, signum: int, frame: Any) -> None:
@@ -66,8 +68,13 @@ class Preemption(pl.Callback):
         rank_zero_info(f"preemption: {name} received; saving {path} at step {trainer.global_step}")
         trainer.save_checkpoint(path)
         self.checkpoint.freeze()  # no later write may replace this one (see callbacks/run_checkpoint.py)
-        if self.requeue and trainer.is_global_zero:
-            requeue_slurm_job()
+        requeued = False
+        if self.requeue and os.environ.get("SLURM_JOB_ID"):  # the first process requeues the job for all
+            requeued = requeue_slurm_job() if trainer.is_global_zero else True
+        if not requeued:  # outside SLURM (or its requeue failed): the scheduler must see the job as unfinished
+            signum = self.received or signal.SIGTERM
+            self.stopped = Stopped(f"{name} at step {trainer.global_step}; saved {path}: continue with "
+                                   "resume=auto", 128 + signum)
         trainer.should_stop = True
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -66,6 +66,9 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
         print(f"process {rank_zero_only.rank} of world size {trainer.world_size}", flush=True)
     try:
         trainer.fit(module, datamodule=pieces.data, ckpt_path=str(resume[0]) if resume else None)
+        for callback in trainer.callbacks:  # e.g. preemption outside SLURM: saved, but not finished
+            if getattr(callback, "stopped", None) is not None:
+                raise callback.stopped
     except NonFiniteLoss as e:
         last = newest_loadable(runs.checkpoint_dir(run_dir))
         where = "no checkpoint yet"

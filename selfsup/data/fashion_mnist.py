@@ -1,7 +1,8 @@
 """Fashion-MNIST (Xiao et al. 2017): 70k labelled 28x28 grayscale images, read from its idx files.
 
-Looked for, in order: `root` (the idx files, or torchvision's FashionMNIST/raw layout under it), Debian's
-`dataset-fashion-mnist` package, and, when `download=true`, torchvision's download into `root`.
+Read from `root` when it is given (the idx files, or torchvision's FashionMNIST/raw layout under it; with
+`download=true`, torchvision downloads into it), else from Debian's `dataset-fashion-mnist` package. A given
+root is never silently replaced by the Debian copy: a root without the files is an error.
 """
 from __future__ import annotations
 
@@ -61,8 +62,7 @@ class FashionMNIST(ImageDataModule):
         self.download = download
 
     def search_dirs(self) -> list[Path]:
-        dirs = [self.root, self.root / "FashionMNIST" / "raw"] if self.root else []
-        return dirs + [DEBIAN_DIR]
+        return [self.root, self.root / "FashionMNIST" / "raw"] if self.root else [DEBIAN_DIR]
 
     def _find(self) -> dict[str, tuple[Path, Path]] | None:
         dirs = self.search_dirs()
@@ -78,10 +78,16 @@ class FashionMNIST(ImageDataModule):
             for train in (True, False):
                 torchvision.datasets.FashionMNIST(str(self.root), train=train, download=True)
             found = self._find()
-        if found is None:
-            looked = ", ".join(str(d) for d in self.search_dirs())
+        if found is None and self.root is not None:
+            what = "does not exist" if not self.root.exists() else "holds no Fashion-MNIST idx files"
             raise DataError(
-                f"Fashion-MNIST not found (looked in {looked}); run `apt-get install -y dataset-fashion-mnist`, "
+                f"data.root={self.root} {what} (looked in {', '.join(str(d) for d in self.search_dirs())}); put "
+                "the idx files there, add data.download=true on a machine that is online, or drop data.root to read "
+                "Debian's copy (`apt-get install -y dataset-fashion-mnist`)"
+            )
+        if found is None:
+            raise DataError(
+                f"Fashion-MNIST not found (looked in {DEBIAN_DIR}); run `apt-get install -y dataset-fashion-mnist`, "
                 "set data.root=DIR holding its idx files, or add data.download=true on a machine that is online"
             )
         return found

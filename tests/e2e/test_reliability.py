@@ -256,3 +256,20 @@ def test_run_folder_records_versions_and_refuses_a_different_model_on_resume(ref
     assert r.returncode == 0, r.stderr[-3000:]
     assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 4
     assert len((run_dir / "run_info.jsonl").read_text().splitlines()) == 2
+
+
+def test_sigterm_outside_slurm_saves_and_exits_143(tmp_path):
+    """A scheduler other than SLURM (or a user's kill) must see the stopped run as unfinished: it used to exit 0."""
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONWARNINGS="ignore")
+    env.pop("SLURM_JOB_ID", None)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *ARGS, f"run_dir={run_dir}"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: (run_dir / "metrics.csv").is_file() and len(train_rows(run_dir)) >= 2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr[-3000:]
+    (line,) = [line for line in stderr.splitlines() if line.startswith("stopped: ")]
+    assert "SIGTERM at step" in line and "resume=auto" in line
+    step = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"]
+    assert 2 <= step < STEPS and f"step {step};" in line

@@ -90,11 +90,6 @@ def run_in_process(script: Path, args: list[str], cwd: Path = ROOT,
     return subprocess.CompletedProcess([str(script), *args], code, stdout.getvalue(), stderr.getvalue())
 
 
-@pytest.fixture
-def train_until_error():
-    return train_in_process
-
-
 @pytest.fixture(scope="module")
 def slurm():
     """The local SLURM cluster (slurm/local_cluster.sh), started for a module's tests and stopped after them.
@@ -125,8 +120,8 @@ def trained_run(tmp_path_factory) -> Path:
     embed or export a run folder (read it, or copy it; write beside it only what the test removes again)."""
     run_dir = tmp_path_factory.mktemp("pretrain") / "mae"
     r = train_in_process(["objective=mae", "data=synthetic", "data.num_samples=256", "data.num_val_samples=64",
-                   "data.batch_size=32", "trainer.max_steps=16", "trainer.log_every_n_steps=2",
-                   "trainer.limit_val_batches=1", *TINY, "monitors.enabled=true", f"run_dir={run_dir}"])
+                          "data.batch_size=32", "trainer.max_steps=16", "trainer.log_every_n_steps=2",
+                          "trainer.limit_val_batches=1", *TINY, "monitors.enabled=true", f"run_dir={run_dir}"])
     assert r.returncode == 0, r.stderr[-3000:]
     return run_dir
 

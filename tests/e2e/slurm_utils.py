@@ -54,4 +54,3 @@ def wait_for_job(job_id: str, timeout: float = 300, hurry_requeue: bool = True) 
 def sbatch(args: list[str], cwd: Path = ROOT) -> str:
     out = subprocess.run(["sbatch", "--parsable", *args], cwd=cwd, capture_output=True, text=True, check=True)
     return out.stdout.strip().split(";")[0]
-

@@ -68,8 +68,8 @@ def test_train_clip_with_its_defaults_then_zero_shot_and_retrieval_offline(train
     ("backbone=text_tiny", "objective CLIP needs image backbone, but the chosen backbone is text"),
     ("data=fashion_mnist", "objective CLIP needs image-text data, but the chosen data is image"),
 ])
-def test_clip_with_the_wrong_modality_fails_in_one_line(train_until_error, tmp_path, override, message):
-    r = train_until_error(["objective=clip", "logger=csv", "trainer=cpu", override, f"run_dir={tmp_path / 'run'}"])
+def test_clip_with_the_wrong_modality_fails_in_one_line(train, tmp_path, override, message):
+    r = train(["objective=clip", "logger=csv", "trainer=cpu", override, f"run_dir={tmp_path / 'run'}"])
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: ") and message in r.stderr
 

@@ -19,12 +19,12 @@ def real_run(tmp_path_factory) -> Path:
     """One real tiny SimCLR run, logged to CSV and to an offline wandb run."""
     run_dir = tmp_path_factory.mktemp("real") / "simclr"
     r = train_in_process(["objective=simclr", "backbone=vit_tiny", "objective.projector_hidden_dim=32",
-                   "objective.projector_dim=16", "optim=adamw", "data=synthetic", "data.num_samples=128",
-                   "data.num_val_samples=32", "data.batch_size=32", "trainer.max_steps=8",
-                   "trainer.log_every_n_steps=1",
-                   "trainer.limit_val_batches=1",
-                   *[a for a in TINY if not a.startswith("objective.decoder") and a != "logger=csv"],
-                   "logger.wandb.mode=offline", "monitors.enabled=true", f"run_dir={run_dir}"])
+                          "objective.projector_dim=16", "optim=adamw", "data=synthetic", "data.num_samples=128",
+                          "data.num_val_samples=32", "data.batch_size=32", "trainer.max_steps=8",
+                          "trainer.log_every_n_steps=1",
+                          "trainer.limit_val_batches=1",
+                          *[a for a in TINY if not a.startswith("objective.decoder") and a != "logger=csv"],
+                          "logger.wandb.mode=offline", "monitors.enabled=true", f"run_dir={run_dir}"])
     assert r.returncode == 0, r.stderr[-3000:]
     return run_dir
 
@@ -92,14 +92,14 @@ def test_missing_folder_or_no_runs_is_one_line(tmp_path):
     assert r.returncode == 2 and "no run logged metric 'nope'" in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
-def test_a_refused_resume_changes_nothing_compare_reads(real_run, tmp_path, train_until_error):
+def test_a_refused_resume_changes_nothing_compare_reads(real_run, tmp_path, train):
     """The user's command: resume a ViT-Tiny SimCLR run with backbone=vit_small. It is refused, and the run folder
     still says what the run was (Hydra used to rewrite RUN/.hydra before the refusal, and compare.py read it)."""
     run = tmp_path / "runs" / "simclr1"
     shutil.copytree(real_run, run)
     before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    r = train_until_error(["objective=simclr", f"run_dir={run}", "resume=auto", "backbone=vit_small", "trainer=cpu",
-                           "logger=csv"])
+    r = train(["objective=simclr", f"run_dir={run}", "resume=auto", "backbone=vit_small", "trainer=cpu",
+               "logger=csv"])
     assert r.returncode != 0 and "refusing to resume" in r.stderr
     after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert after == before  # nothing written, nothing rewritten

@@ -30,8 +30,8 @@ CASES = {
 
 
 @pytest.mark.parametrize("args,message", CASES.values(), ids=CASES.keys())
-def test_bad_input_gives_one_line(train_until_error, tmp_path, args, message):
-    r = train_until_error(["objective=mae", *TINY, "trainer.max_steps=1", f"run_dir={tmp_path / 'run'}", *args])
+def test_bad_input_gives_one_line(train, tmp_path, args, message):
+    r = train(["objective=mae", *TINY, "trainer.max_steps=1", f"run_dir={tmp_path / 'run'}", *args])
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]

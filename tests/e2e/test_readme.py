@@ -259,7 +259,7 @@ def check_outputs(command: Command, words: list[str], state: dict, new_runs: lis
     elif command.program in ("train.py -m", "sbatch"):
         jobs = 1
         for word in words:
-            if "=" in word and "," in word.split("=", 1)[1] and not word.startswith(("'", '"')):
+            if "=" in word and "," in word.split("=", 1)[1]:  # a swept key: one job per value
                 jobs *= len(word.split("=", 1)[1].split(","))
         assert len(new_runs) == jobs, new_runs
         for run in new_runs:

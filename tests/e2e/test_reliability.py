@@ -136,7 +136,7 @@ def nan_run(tmp_path: Path, extra: list[str], timeout: int = 600) -> subprocess.
     """train.py with the NaN-injecting objective of tests/targets.py."""
     pythonpath = os.pathsep.join(p for p in (str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p)
     return train_in_process([*ARGS, "objective._target_=targets.NaNMAE", f"run_dir={tmp_path}", *extra],
-                     env={"PYTHONPATH": pythonpath}, timeout=timeout)
+                            env={"PYTHONPATH": pythonpath}, timeout=timeout)
 
 
 def test_nonfinite_stop_names_step_term_and_last_good_checkpoint(tmp_path):
@@ -213,7 +213,7 @@ def test_training_on_a_folder_with_corrupt_images_logs_the_count(tmp_path):
     corrupt_images(tmp_path / "data" / "cls_a")
     run_dir = tmp_path / "run"
     r = train_in_process([*BASE, "data=image_folder", f"data.root={tmp_path / 'data'}", "data.image_size=32",
-                   "data.batch_size=4", "data.num_workers=1", "trainer.max_steps=6", f"run_dir={run_dir}"])
+                          "data.batch_size=4", "data.num_workers=1", "trainer.max_steps=6", f"run_dir={run_dir}"])
     assert r.returncode == 0, r.stderr[-3000:]
     with (run_dir / "metrics.csv").open(newline="") as f:
         counts = [float(r["data/skipped_samples"]) for r in csv.DictReader(f) if r.get("data/skipped_samples")]
@@ -223,7 +223,7 @@ def test_training_on_a_folder_with_corrupt_images_logs_the_count(tmp_path):
 def test_a_folder_without_any_readable_image_fails_before_training(tmp_path):
     corrupt_images(tmp_path / "data" / "cls_a")
     r = train_in_process([*BASE, "data=image_folder", f"data.root={tmp_path / 'data'}", "data.image_size=32",
-                   "data.batch_size=2", "data.num_workers=0", f"run_dir={tmp_path / 'run'}"])
+                          "data.batch_size=2", "data.num_workers=0", f"run_dir={tmp_path / 'run'}"])
     line = error_line(r.stderr)
     assert r.returncode == 2 and "no readable sample in image_folder" in line and str(tmp_path / "data") in line
     assert not (tmp_path / "run" / "checkpoints").exists()

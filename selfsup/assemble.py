@@ -22,13 +22,12 @@ from safetensors.torch import load_file
 
 from selfsup import runs
 from selfsup.callbacks.online_monitors import EvalFeatures
-from selfsup.checkpoint_io import AtomicCheckpointIO, load_checkpoint
+from selfsup.checkpoint_io import AtomicCheckpointIO, CheckpointError, load_training_checkpoint
 from selfsup.checks import target_attr
 from selfsup.console import note
-from selfsup.csv_logger import RunCSVLogger
 from selfsup.data.image_text import Captions
 from selfsup.data.tokenizer import Tokenized, check_resumed_tokenizer, resolve_tokenizer, tokenizer_settings
-from selfsup.errors import ConfigError, SelfsupError
+from selfsup.errors import ConfigError, SelfsupError, one_line
 from selfsup.evaluation.data import check_labelled, eval_data_node
 from selfsup.evaluation.export_formats import CONFIG as EXPORT_CONFIG
 from selfsup.evaluation.export_formats import WEIGHTS as EXPORT_WEIGHTS
@@ -39,6 +38,7 @@ from selfsup.instantiate import build, trusted_node
 from selfsup.module import PretrainModule
 from selfsup.objectives.base import Objective
 from selfsup.optim import OptimConfig
+from selfsup.run_loggers import RunCSVLogger, RunWandbLogger
 
 
 # -- where training runs ------------------------------------------------------------------------------------------
@@ -113,7 +113,8 @@ def build_pieces(cfg: DictConfig, resumed_run: Path | None = None, bind: bool = 
 
 
 # -- the trainer --------------------------------------------------------------------------------------------------
-def build_loggers(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> list[Any]:
+def build_loggers(cfg: DictConfig, run_dir: Path, names: dict[str, str], wandb_id: str | None = None) -> list[Any]:
+    """CSV, wandb and TensorBoard as the config asks; `wandb_id`: the wandb run a resumed run continues."""
     loggers: list[Any] = []
     if cfg.logger.csv:
         loggers.append(RunCSVLogger(str(run_dir)))
@@ -121,8 +122,9 @@ def build_loggers(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> list
     if wb.mode != "disabled":
         tags = list(wb.tags or []) + [f"{k}:{v}" for k, v in names.items() if k != "sweep"]
         group = wb.group or names.get("sweep") or names["objective"]  # a sweep's runs share one group
-        loggers.append(WandbLogger(project=wb.project, group=group, tags=tags,
-                                   mode=wb.mode, save_dir=str(run_dir), name=run_dir.name,
+        loggers.append(RunWandbLogger(project=wb.project, group=group, tags=tags,
+                                   mode=wb.mode, save_dir=str(run_dir), name=run_dir.name, id=wandb_id,
+                                   resume="allow" if wandb_id else None,
                                    config=OmegaConf.to_container(cfg, resolve=True)))
     if cfg.logger.tensorboard:
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
@@ -206,11 +208,12 @@ def trainer_settings(cfg: DictConfig) -> dict[str, Any]:
     return settings
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, names: dict[str, str], data: Any) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, names: dict[str, str], data: Any,
+                  wandb_id: str | None = None) -> pl.Trainer:
     return pl.Trainer(
         **trainer_settings(cfg),
         default_root_dir=str(run_dir),
-        logger=build_loggers(cfg, run_dir, names),
+        logger=build_loggers(cfg, run_dir, names, wandb_id),
         callbacks=build_callbacks(cfg, data),
         use_distributed_sampler=False,  # our EpochSampler shards by rank itself (see data/sampling.py)
         plugins=[AtomicCheckpointIO(), *cluster_plugins()],
@@ -243,6 +246,14 @@ def build_module(cfg: DictConfig, pieces: Pieces, trainer: pl.Trainer) -> Pretra
 
 
 # -- a pretrained run, for evaluation -----------------------------------------------------------------------------
+def verified_checkpoint(path: Path, run_dir: Path) -> dict[str, Any]:
+    """A training checkpoint that passes its checks (checkpoint_io.load_checkpoint); refused in one line otherwise."""
+    try:
+        return load_training_checkpoint(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{one_line(e)}; give another checkpoint of {run_dir} with checkpoint=FILE") from None
+
+
 def load_pretrained(path: str | Path | None, eval_model_modality: str | None = None, random_init: bool = False,
                     seed: int = 0) -> Pretrained:
     """Rebuild the run's backbone from its config.yaml (checked: run folders are data) and load the checkpoint's
@@ -255,7 +266,7 @@ def load_pretrained(path: str | Path | None, eval_model_modality: str | None = N
     """
     ckpt_path, run_dir = resolve_checkpoint(path)
     run_cfg = runs.trusted_config(run_dir)
-    checkpoint = {} if random_init else load_checkpoint(ckpt_path)
+    checkpoint = {} if random_init else verified_checkpoint(ckpt_path, run_dir)
     if random_init:
         torch.manual_seed(seed)
     model = build(run_cfg.backbone)

@@ -22,8 +22,11 @@ from selfsup.instantiate import load_trusted_config, upgrade_targets
 CHECKPOINTS = "checkpoints"
 CONFIG = "config.yaml"
 RUN_INFO = "run_info.jsonl"
-# Config keys whose change would make a checkpoint mean something else: refused on resume.
-IDENTITY_KEYS = ("backbone", "objective", "data._target_", "data.image_size", "data.channels")
+# Config keys whose change would make a checkpoint mean something else: refused on resume. Other changes (a
+# mask ratio, a learning rate, a longer budget) are allowed and listed in one line.
+IDENTITY_KEYS = ("backbone", "objective._target_", "data._target_", "data.image_size", "data.channels")
+# Keys that name where and how this start runs, not what it trains: not listed as changes.
+PLACE_KEYS = ("run_dir", "resume", "verbose")
 METRICS = "metrics.csv"
 TOKENIZER = "tokenizer.json"
 
@@ -121,17 +124,39 @@ def flatten(node: object, prefix: str = "") -> dict[str, object]:
     return {prefix[:-1]: node}
 
 
-def check_resume_config(run_dir: Path, new: dict) -> None:
-    """Refuse to resume with a config that changes the model or the objective; budgets may change."""
-    path = run_dir / CONFIG
+def check_resume_config(resumed_run: Path, new: dict) -> list[str]:
+    """Refuse to resume a run with a config that changes its model or objective (IDENTITY_KEYS), naming the keys;
+    returns the other keys that differ from the resumed run's own config, as 'key: old -> new'."""
+    path = resumed_run / CONFIG
     if not path.is_file():
-        return
-
+        return []
     old = flatten(upgrade_targets(OmegaConf.to_container(OmegaConf.load(path), resolve=False)))
     new_flat = flatten(new)
-    watched = lambda key: any(key == k or key.startswith(k + ".") for k in IDENTITY_KEYS)  # noqa: E731
-    differing = sorted(k for k in set(old) | set(new_flat) if watched(k) and old.get(k) != new_flat.get(k))
-    if differing:
-        changes = ", ".join(f"{k}: {old.get(k)!r} -> {new_flat.get(k)!r}" for k in differing)
-        raise ConfigError(f"refusing to resume {run_dir} with a different model or objective ({changes}); "
-                          "resume with the run's own config, or start a new run_dir")
+    moved = str(old.get("run_dir") or ""), str(new_flat.get("run_dir") or "")
+    if all(moved):  # paths inside the run folder (checkpoints, pictures) follow it: not a change
+        old = {k: moved[1] + v[len(moved[0]):] if isinstance(v, str) and v.startswith(moved[0]) else v
+               for k, v in old.items()}
+    within = lambda key, keys: any(key == k or key.startswith(k + ".") for k in keys)  # noqa: E731
+    differing = sorted(k for k in set(old) | set(new_flat) if old.get(k) != new_flat.get(k) and
+                       not within(k, PLACE_KEYS))
+    changes = [f"{k}: {old.get(k)!r} -> {new_flat.get(k)!r}" for k in differing]
+    refused = [change for k, change in zip(differing, changes) if within(k, IDENTITY_KEYS)]
+    if refused:
+        raise ConfigError(f"refusing to resume {resumed_run} with a different model or objective "
+                          f"({', '.join(refused)}); resume with the run's own config, or start a new run_dir")
+    return changes
+
+
+def holds_a_run(run_dir: Path) -> bool:
+    """Whether a folder already holds a run's metrics or checkpoints (a new start there would mix two runs)."""
+    return (run_dir / METRICS).is_file() or any(checkpoint_dir(run_dir).glob("*.ckpt"))
+
+
+def wandb_run_id(run_dir: Path) -> str | None:
+    """The id of the newest wandb run in RUN/wandb (folders `run-DATE_TIME-ID`, `offline-run-DATE_TIME-ID`): a
+    resumed run continues it, so that wandb shows one run per run folder."""
+    folders = [p for p in (run_dir / "wandb").glob("*run-*-*") if p.is_dir()]
+    if not folders:
+        return None
+    newest = max(folders, key=lambda p: p.name.split("run-", 1)[1])
+    return newest.name.rsplit("-", 1)[1]

@@ -1,8 +1,11 @@
 """The run's checkpoints: Lightning's ModelCheckpoint, plus last.ckpt at the final step whatever the period,
 and frozen once the run is preempted.
 
-After a preemption the loop closes the unfinished epoch; a checkpoint written then would record the epoch
-as complete and the resumed run would skip the rest of its data. Freezing keeps the preemption checkpoint.
+When training stops mid-epoch (max_steps, a preemption), Lightning then closes the unfinished epoch; a
+checkpoint written after that records the epoch as complete while the data stream stands mid-epoch, so a run
+extended from it (resume=auto trainer.max_steps=MORE) would skip the rest of the epoch's data and number the
+epochs differently from the same run killed and resumed. So last.ckpt is written at the final step itself,
+as a periodic checkpoint is, and the preemption checkpoint is frozen.
 """
 from __future__ import annotations
 
@@ -40,6 +43,9 @@ class RunCheckpoint(ModelCheckpoint):
         # repeat that Lightning then sends).
         trainer._logger_connector.update_train_step_metrics()
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        final = 0 < trainer.max_steps <= trainer.global_step
+        if final and self._last_global_step_saved != trainer.global_step:  # the epoch-end saves then skip this step
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.frozen:
@@ -50,6 +56,7 @@ class RunCheckpoint(ModelCheckpoint):
             super().on_validation_end(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Leave last.ckpt at the step training ended on (not the last periodic one), unless preempted."""
-        if not self.frozen:
+        """Leave last.ckpt at the step training ended on (not the last periodic one), unless preempted or written
+        at that step already."""
+        if not self.frozen and self._last_global_step_saved != trainer.global_step:
             trainer.save_checkpoint(self.last_path)

@@ -11,26 +11,56 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from selfsup import runs
 from selfsup.assemble import build_module, build_pieces, build_trainer, close_loggers, place_augmentation
-from selfsup.checkpoint_io import newest_loadable, resolve_resume
+from selfsup.checkpoint_io import last_good, resolve_resume
 from selfsup.checks import check_modalities
-from selfsup.console import quiet
+from selfsup.console import note, quiet
 from selfsup.data.tokenizer import Tokenized, save_atomic
-from selfsup.errors import NonFiniteLoss
+from selfsup.errors import ConfigError, NonFiniteLoss
 from selfsup.module import PretrainModule
 from selfsup.run_info import record_run_info
+from selfsup.run_loggers import RunWandbLogger, backfill_wandb
+
+
+def check_start(cfg: DictConfig, run_dir: Path, resume: tuple[Path, int] | None) -> None:
+    """Before anything is built: a new start never mixes into a folder that holds a run, and a resumed run keeps
+    its model and objective (its own saved config, also when it is another run's folder); other changed keys are
+    listed in one line."""
+    if resume is None and not cfg.resume and runs.holds_a_run(run_dir):
+        raise ConfigError(f"run folder {run_dir} already holds a run (metrics or checkpoints); continue it with "
+                          "resume=auto, or choose another run_dir")
+    if resume is not None:
+        resumed_run = runs.run_dir_of(resume[0])
+        changes = runs.check_resume_config(resumed_run, OmegaConf.to_container(cfg, resolve=True))
+        if changes:
+            note(f"resuming {resumed_run} with {len(changes)} changed key(s): {'; '.join(changes)}")
 
 
 def prepare(cfg: DictConfig, run_dir: Path, resume: tuple[Path, int] | None, names: dict[str, str]) -> None:
-    """Rank zero: the run folder, its config.yaml (checked against the resumed run's) and run_info.jsonl; nothing
-    is written before the checks pass."""
+    """Rank zero: the run folder, its config.yaml and run_info.jsonl; nothing is written before the checks pass."""
     runs.prepare_run_dir(run_dir, cfg.min_free_gb)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    if resume is not None:
-        runs.check_resume_config(run_dir, resolved)
     if cfg.get("verbose"):
         print(OmegaConf.to_yaml(resolved))
     OmegaConf.save(resolved, run_dir / runs.CONFIG)
     record_run_info(run_dir, resumed_from=str(resume[0]) if resume else None, choices=names)
+
+
+DIVERGED = 1e3  # a weight this large (trained weights stay near 1) means the model itself has diverged
+
+
+def restart_advice(run_dir: Path, cfg: DictConfig) -> str:
+    """What to do after a non-finite loss: the last checkpoint whose weights and optimizer state are finite, or,
+    when even its weights have blown up, that the model diverged (resuming it would only repeat that)."""
+    lr = OmegaConf.select(cfg, "optim.lr")
+    remedy = f"lower optim.lr (now {lr}), set trainer.gradient_clip_val=1.0, or trainer.nonfinite=skip"
+    good = last_good(runs.checkpoint_dir(run_dir))
+    if good is None:
+        return f"no finite checkpoint to restart from; {remedy} and start again"
+    path, step, largest = good
+    if largest > DIVERGED:
+        return (f"the model diverged: its weights reach {largest:.3g} in its last finite checkpoint ({path}, step "
+                f"{step}); resuming would repeat that; {remedy} and start again in a new run_dir")
+    return f"last good checkpoint: {path} (step {step}); resume=auto repeats the same steps, so {remedy}"
 
 
 def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule:
@@ -44,6 +74,7 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
         cfg.run_dir = str(run_dir)  # the job's own folder (also in a sweep), where the callbacks write
     rank_zero = rank_zero_only.rank == 0  # from the launcher's environment, valid before DDP starts
     resume = resolve_resume(cfg.resume, run_dir)  # (checkpoint, step): the newest that loads
+    check_start(cfg, run_dir, resume)
     if rank_zero:
         prepare(cfg, run_dir, resume, names)
     pl.seed_everything(cfg.seed, workers=True)
@@ -51,12 +82,23 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
     pieces = build_pieces(cfg, resumed_run=runs.run_dir_of(resume[0]) if resume is not None else None)
     if rank_zero and isinstance(pieces.data, Tokenized):
         save_atomic(pieces.data.tokenizer, run_dir / runs.TOKENIZER, replace=True)
-    trainer = build_trainer(cfg, run_dir, names, pieces.data)
+    continues = resume is not None and runs.run_dir_of(resume[0]).resolve() == run_dir.resolve()
+    wandb_id = runs.wandb_run_id(run_dir) if continues else None  # one wandb run per run folder
+    trainer = build_trainer(cfg, run_dir, names, pieces.data, wandb_id)
     pieces.data.check_before_training(trainer.world_size)
     module = build_module(cfg, pieces, trainer)
     if resume is not None:
         dropped = runs.trim_metrics(run_dir, resume[1]) if rank_zero else 0
         print(f"resuming from {resume[0]} (step {resume[1]}; {dropped} later metric rows dropped)")
+        offline_wandb = [lg for lg in trainer.loggers if isinstance(lg, RunWandbLogger) and cfg.logger.wandb.mode ==
+                         "offline"]
+        if continues and rank_zero and offline_wandb:
+            backfill_wandb(offline_wandb[0], run_dir, resume[1])
+    elif cfg.resume and rank_zero:  # resume=auto, nothing loadable: the earlier attempt is started again
+        dropped = runs.trim_metrics(run_dir, 0)
+        if dropped:
+            print(f"no checkpoint to resume from in {runs.checkpoint_dir(run_dir)}: starting again from step 0 "
+                  f"({dropped} metric rows of the earlier attempt dropped)")
     o = module.optim
     what = ", ".join(f"{group} {names[group]}" for group in ("objective", "backbone", "data") if names.get(group))
     print(f"{what}; global batch {pieces.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches}, "
@@ -70,11 +112,13 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
             if getattr(callback, "stopped", None) is not None:
                 raise callback.stopped
     except NonFiniteLoss as e:
-        last = newest_loadable(runs.checkpoint_dir(run_dir))
-        where = "no checkpoint yet"
-        if last:
-            where = f"last good checkpoint: {last[0]} (step {last[1]}); resume with resume=auto"
-        raise NonFiniteLoss(f"{e}; {where}") from None
+        raise NonFiniteLoss(f"{e}; {restart_advice(run_dir, cfg)}") from None
+    except RuntimeError as e:
+        if resume is None or "Error(s) in loading state_dict" not in str(e):
+            raise
+        detail = " ".join(str(e).split("\n", 1)[-1].split())[:300]
+        raise ConfigError(f"{resume[0]} does not fit the model this config builds ({detail}); resume with the run's "
+                          "own config, or start a new run_dir") from None
     finally:
         close_loggers(trainer)
     return module

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import sys
 import tarfile
 import zlib
 from pathlib import Path
@@ -34,19 +35,33 @@ def expand_urls(urls: str | Sequence[str] | None) -> list[str]:
     return out
 
 
-def count_pairs(shard: str) -> int:
-    """Pairs in a shard: img2dataset's <shard>_stats.json `successes`, else the .txt members of the tar."""
+def expected_pairs(shard: str) -> int | None:
+    """The pairs img2dataset wrote to a shard (`successes` of its <shard>_stats.json), when it says."""
     stats = Path(shard[: -len(".tar")] + "_stats.json") if shard.endswith(".tar") else None
     if stats is not None and stats.is_file():
         try:
             return int(json.loads(stats.read_text())["successes"])
-        except (ValueError, KeyError, OSError):
+        except (ValueError, KeyError, TypeError, OSError):
             pass
+    return None
+
+
+def count_pairs(shard: str) -> int:
+    """Pairs in a shard: img2dataset's <shard>_stats.json `successes`, else the .txt members of the tar (of a tar
+    cut short, those before the cut: the stream reports the cut)."""
+    expected = expected_pairs(shard)
+    if expected is not None:
+        return expected
+    members = captions = 0
     try:
         with tarfile.open(shard, "r:*") as tar:
-            return sum(1 for m in tar if m.isfile() and m.name.endswith(".txt"))
-    except (OSError, tarfile.TarError) as e:
-        raise DataError(f"cannot read shard {shard}: {e}; check the file or give data.num_samples") from None
+            for member in tar:
+                members += 1
+                captions += member.isfile() and member.name.endswith(".txt")
+    except (OSError, EOFError, tarfile.TarError) as e:
+        if members == 0:
+            raise DataError(f"cannot read shard {shard}: {e}; check the file or give data.num_samples") from None
+    return captions
 
 
 def stream_layout(shards: int, samples: int, batch_size: int, workers: int, world: int) -> tuple[int, int]:
@@ -59,12 +74,94 @@ def stream_layout(shards: int, samples: int, batch_size: int, workers: int, worl
 
 
 def read_captions(shards: Sequence[str]) -> Iterator[str]:
-    """Every caption of the shards (the .txt members), for training a tokenizer."""
+    """Every caption of the shards (the .txt members), for training a tokenizer; of a shard that cannot be read
+    to its end, those before the break (reading the pairs reports it)."""
     for shard in shards:
-        with tarfile.open(shard, "r:*") as tar:
-            for member in tar:
-                if member.isfile() and member.name.endswith(".txt"):
-                    yield tar.extractfile(member).read().decode("utf-8", errors="replace")
+        try:
+            with tarfile.open(shard, "r:*") as tar:
+                for member in tar:
+                    if member.isfile() and member.name.endswith(".txt"):
+                        yield tar.extractfile(member).read().decode("utf-8", errors="replace")
+        except (OSError, EOFError, tarfile.TarError):
+            continue
+
+
+SKIPPED = "__skipped__"  # key of the marker ShardReader yields after a broken shard: the pairs it lost
+
+
+def ends_cleanly(shard: str) -> bool:
+    """False for a local .tar file without the end-of-archive marker (two zero blocks) at its end: it was cut.
+    Python's tarfile ends a shard without an error when the cut falls in or just before a member's header, so
+    this is how such a cut shows; other sources (pipes, compressed tars) are taken as complete."""
+    path = Path(shard)
+    if not (shard.endswith(".tar") and path.is_file()):
+        return True
+    size = path.stat().st_size
+    if size % 512 or size < 1024:
+        return False
+    with path.open("rb") as f:
+        f.seek(size - 1024)
+        return f.read() == bytes(1024)
+
+
+class ShardReader:
+    """Raw samples (member bytes by extension, webdataset's tarfile_to_samples) of tar shards, one shard at a
+    time, so that a shard that breaks off cannot pass a half sample on to the next. After a broken shard it
+    yields a marker {SKIPPED: pairs lost}, which ShardStream counts in the next sample's `skipped`, and the first
+    time (per reader, so per data worker) prints one `warning:` line on stderr naming the shard.
+
+    A shard is broken when webdataset's handler hook reports an error (a member cut short, a file that is not a
+    tar, an unreadable member) or when it is a local .tar without its end-of-archive marker (ends_cleanly). How
+    many pairs it lost is known only from img2dataset's _stats.json (`successes` less the samples read): a tar
+    has no index, and the member headers after a cut are gone with it, so without that file the count is 1 (the
+    member being read when it broke), a lower bound; a broken shard counts 1 at least either way. Samples read
+    without their image or caption (a key cut after its image) are the decoder's to count, as undecodable images
+    are."""
+
+    def __init__(self) -> None:
+        self.warned: set[str] = set()
+
+    def __call__(self, shards: Sequence[str]) -> Iterator[dict[str, Any]]:
+        for url in shards:
+            yield from self.shard(url)
+
+    def shard(self, url: str) -> Iterator[dict[str, Any]]:
+        import webdataset as wds
+
+        errors: list[Exception] = []
+
+        def read_on(exn: Exception) -> bool:  # webdataset's handler hook: note the error and go on
+            errors.append(exn)
+            return True
+
+        seen = 0
+        for raw in wds.tarfile_to_samples(handler=read_on)([{"url": url}]):
+            seen += 1
+            yield raw
+        truncated = not ends_cleanly(url)
+        if errors or truncated:
+            lost, message = damage(url, seen, errors[0] if errors else None, truncated)
+            if url not in self.warned:
+                self.warned.add(url)
+                print(f"warning: {message}", file=sys.stderr, flush=True)
+            yield {SKIPPED: lost}
+
+
+def damage(url: str, seen: int, error: Exception | None, truncated: bool) -> tuple[int, str]:
+    """(pairs lost, what to tell the user) of a broken shard that gave `seen` samples (see ShardReader)."""
+    expected = expected_pairs(url)
+    lost = max(1, expected - seen) if expected is not None else 1
+    counted = "(counted in data/skipped_samples)"
+    reason = ""
+    if error is not None:
+        text = str(error.args[0]).split(" @ ")[0] if error.args else str(error)  # webdataset appends " @ stream"
+        reason = f"{type(error).__name__}: {text}"
+    if seen == 0 and error is not None:
+        return lost, f"shard {url} cannot be read ({reason}); it is skipped {counted}"
+    rest = f"the rest of it ({lost} of the {expected} pairs of its _stats.json)" if expected else "the rest of it"
+    if truncated:
+        return lost, f"shard {url} is truncated after {seen} samples; {rest} is skipped {counted}"
+    return lost, f"shard {url} breaks off after {seen} samples ({reason}); {rest} is skipped {counted}"
 
 
 class PairDecoder:
@@ -99,8 +196,9 @@ class ShardStream(IterableDataset):
     rank has as many. Each worker reads its share of the shards (rank r of W, worker w of K: shards r*K + w,
     r*K + w + W*K, ...) and starts over when it has read them. Training (`train=True`) shuffles the shard order
     per pass and the samples in a buffer, and continues across epochs where the last one stopped; validation
-    reads the same batches in the same order every epoch. A whole pass without a readable pair is a DataError,
-    never an endless loop."""
+    reads the same batches in the same order every epoch. Pairs that do not decode and those a broken shard lost
+    (ShardReader) are counted in the next sample's `skipped`. A whole pass without a readable pair is a
+    DataError, never an endless loop."""
 
     def __init__(self, shards: list[str], decode: PairDecoder, batch_size: int,
                  collate: Callable[[list[dict[str, Any]]], dict[str, Any]], seed: int = 0,
@@ -117,6 +215,7 @@ class ShardStream(IterableDataset):
         self.workers = 1
         self.start_pass = 0
         self.batches_per_worker = 1
+        self.reader = ShardReader()
         self._batches: Iterator[dict[str, Any]] | None = None
 
     def place(self, rank: int, world: int, workers: int, batches_per_worker: int, start_pass: int = 0) -> None:
@@ -147,11 +246,14 @@ class ShardStream(IterableDataset):
             if not shards:
                 raise DataError(f"data worker {worker} of rank {self.rank} has no shard to read; use at least "
                                 f"{self.world * self.workers} shards or fewer data.num_workers")
-            samples = wds.tarfile_to_samples(handler=wds.warn_and_continue)({"url": url} for url in shards)
+            samples = self.reader(shards)
             if self.train and self.shuffle_buffer > 1:
                 samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 2, rng=rng)(samples)
             readable = 0
             for raw in samples:
+                if SKIPPED in raw:  # a broken shard's lost pairs
+                    skipped += raw[SKIPPED]
+                    continue
                 sample = self.decode(raw, pass_number)
                 if sample is None:
                     skipped += 1

@@ -5,8 +5,9 @@ Reading and grouping tar members is the `webdataset` library's (tarfile_to_sampl
 - Training streams the shards endlessly. Each pass over them is shuffled by (seed, pass); rank r of W with data
   worker w of K reads shards r*K + w, r*K + w + W*K, ... of that order; samples are shuffled in a buffer. Every
   epoch is the same number of batches on every rank (so DDP ranks never wait on one another).
-- An image that does not decode is skipped and counted in the next sample's `skipped` (data/skipped_samples in
-  the logs); a damaged tar stream is reported and the reader goes on to the next shard.
+- An image that does not decode, or a key without its image or caption, is skipped and counted in the next
+  sample's `skipped` (data/skipped_samples in the logs). So are the pairs a broken shard (cut short, not a tar,
+  an unreadable member) lost; such a shard is named in one `warning:` line and the reader goes on to the next.
 - Validation reads the same full batches of `val_urls` every epoch, as many on every rank (the CLIP loss gathers
   across ranks, so uneven batches would hang DDP).
 - The samples per epoch are `num_samples`, else the `successes` of img2dataset's *_stats.json files, else the
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader, default_collate
 from selfsup.data.image_text import ImageTextDataModule
 from selfsup.data.shards import (
     IMAGE_EXTENSIONS,
+    SKIPPED,
     PairDecoder,
     ShardStream,
     count_pairs,
@@ -122,11 +124,9 @@ class WebDatasetPairs(ImageTextDataModule):
 
     def first_pair(self) -> dict[str, Any]:
         """The first readable pair of the first shard, else a DataError naming the shard."""
-        import webdataset as wds
-
         shard = self.train_shards[0]
-        for count, raw in enumerate(wds.tarfile_to_samples(handler=wds.warn_and_continue)([{"url": shard}])):
-            sample = self.train_set.decode(raw, 0)
+        for count, raw in enumerate(self.train_set.reader([shard])):
+            sample = None if SKIPPED in raw else self.train_set.decode(raw, 0)
             if sample is not None:
                 return sample
             if count >= 64:

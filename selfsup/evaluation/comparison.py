@@ -121,9 +121,16 @@ def read_csv_rows(path: Path) -> list[dict[str, float]]:
 
 
 def read_wandb_rows(run_dir: Path) -> list[dict[str, float]]:
+    """The offline wandb history of a run folder, one row per logged step: each start of the run (a resume) logs
+    again from its checkpoint's step, so its rows replace the earlier starts' rows from its first step on, as
+    metrics.csv is trimmed (runs.trim_metrics)."""
     rows: list[dict[str, float]] = []
     for path in wandb_offline.offline_runs(run_dir):
-        rows.extend(wandb_offline.history(path))
+        segment = wandb_offline.history(path)
+        steps = [r["step"] for r in segment if "step" in r]
+        if steps:
+            rows = [r for r in rows if r.get("step", -1) < min(steps)]
+        rows.extend(segment)
     if rows and not any(WALL in r for r in rows):  # wandb's own clock when the run did not log train/wall_s
         for row in rows:
             if "wandb/runtime_s" in row:

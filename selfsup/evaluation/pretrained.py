@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from selfsup import runs
-from selfsup.checkpoint_io import newest_loadable
+from selfsup.checkpoint_io import newest_first
 from selfsup.errors import ConfigError
 
 PREFIX = "backbone."
@@ -33,13 +33,14 @@ class Pretrained:
 
 
 def resolve_checkpoint(path: str | Path | None) -> tuple[Path, Path]:
-    """(checkpoint file, run folder) for a .ckpt file or a run folder; a one-line ConfigError when missing."""
+    """(checkpoint file, run folder) for a .ckpt file or a run folder (its newest checkpoint: eval, embed and export
+    never quietly use an older one); a one-line ConfigError when missing. Loading verifies it."""
     run_dir = runs.run_folder(path)
     p = Path(str(path)).expanduser()
     if p.is_dir():
-        found = newest_loadable(runs.checkpoint_dir(run_dir))
-        if found is None:
-            raise ConfigError(f"checkpoint={path}: no loadable checkpoint in {runs.checkpoint_dir(run_dir)}; "
+        found = newest_first(runs.checkpoint_dir(run_dir))
+        if not found:
+            raise ConfigError(f"checkpoint={path}: no checkpoint in {runs.checkpoint_dir(run_dir)}; "
                               "train first, or give a .ckpt file")
         return found[0], run_dir
     return p, run_dir

@@ -6,6 +6,7 @@ import csv
 import io
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -248,14 +249,111 @@ def test_run_folder_records_versions_and_refuses_a_different_model_on_resume(ref
         assert key in info[0]
     run_dir = tmp_path / "run"
     assert train_in_process([*ARGS, "trainer.max_steps=2", f"run_dir={run_dir}"]).returncode == 0
-    r = train_in_process([*ARGS, "trainer.max_steps=2", f"run_dir={run_dir}", "resume=auto",
-                          "objective.mask_ratio=0.5"])
-    line = error_line(r.stderr)
-    assert r.returncode == 2 and "objective.mask_ratio: 0.75 -> 0.5" in line
-    r = train_in_process([*ARGS, "trainer.max_steps=4", f"run_dir={run_dir}", "resume=auto"])  # a longer budget is fine
+    r = train_in_process([*ARGS, "trainer.max_steps=2", f"run_dir={run_dir}", "resume=auto", "backbone.depth=3"])
+    assert r.returncode == 2 and "backbone.depth: 2 -> 3" in error_line(r.stderr)
+    r = train_in_process([*ARGS, "trainer.max_steps=2", f"run_dir={run_dir}"])  # a new start would mix two runs
+    assert r.returncode == 2 and f"run folder {run_dir} already holds a run" in error_line(r.stderr)
+    r = train_in_process([*ARGS, "trainer.max_steps=4", f"run_dir={run_dir}", "resume=auto",
+                          "objective.mask_ratio=0.5"])  # a longer budget, another mask ratio: allowed, and said
     assert r.returncode == 0, r.stderr[-3000:]
+    (note,) = [line for line in r.stderr.splitlines() if line.startswith("note: resuming")]
+    assert "2 changed key(s): objective.mask_ratio: 0.75 -> 0.5; trainer.max_steps: 2 -> 4" in note, note
     assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 4
-    assert len((run_dir / "run_info.jsonl").read_text().splitlines()) == 2
+    assert len((run_dir / "run_info.jsonl").read_text().splitlines()) == 2  # refused starts record nothing
+
+
+def test_resume_from_another_run_checks_that_runs_config(tmp_path):
+    """resume=OTHER_RUN compares with the other run's saved config (the new folder has none yet): another objective
+    or depth is refused before anything is built, a decoder of another size in one line, a new mask ratio said."""
+    other = tmp_path / "other"
+    assert train_in_process([*ARGS, "trainer.max_steps=2", f"run_dir={other}"]).returncode == 0
+    pythonpath = os.pathsep.join(p for p in (str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p)
+    refused = {"backbone.depth=3": "backbone.depth: 2 -> 3",
+               "objective._target_=targets.NaNMAE": "objective._target_: 'selfsup.objectives.mae.MAE' -> "
+                                                    "'targets.NaNMAE'",
+               "objective.decoder_dim=64": "does not fit the model this config builds"}
+    for change, message in refused.items():
+        new = tmp_path / change.split("=")[0]
+        r = train_in_process([*ARGS, "trainer.max_steps=4", f"run_dir={new}", f"resume={other}", change],
+                             env={"PYTHONPATH": pythonpath})
+        line = error_line(r.stderr)
+        assert r.returncode == 2 and message in line and str(other) in line, line
+        assert not (new / "checkpoints").exists()
+    new = tmp_path / "new"
+    r = train_in_process([*ARGS, "trainer.max_steps=4", f"run_dir={new}", f"resume={other}",
+                          "objective.mask_ratio=0.5"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    (note,) = [line for line in r.stderr.splitlines() if line.startswith("note: resuming")]
+    assert f"resuming {other} with" in note and "objective.mask_ratio: 0.75 -> 0.5" in note, note
+    assert load_checkpoint(new / "checkpoints" / "last.ckpt")["global_step"] == 4
+
+
+WANDB = ["logger.wandb.mode=offline"]
+
+
+def wandb_losses(run_dir: Path) -> dict[int, str]:
+    from selfsup.evaluation.comparison import read_wandb_rows
+
+    rows = [r for r in read_wandb_rows(run_dir) if "train/loss" in r]
+    steps = [int(r["step"]) for r in rows]
+    assert len(steps) == len(set(steps)), f"duplicated wandb rows: {sorted(steps)}"
+    return {int(r["step"]): round(r["train/loss"], 5) for r in rows}
+
+
+def csv_losses(run_dir: Path) -> dict[int, float]:
+    return {step: round(float(loss), 5) for step, loss in train_rows(run_dir).items()}
+
+
+def kill_at_row(args: list[str], run_dir: Path, rows: int) -> None:
+    proc = start_train(args)
+    wait_until(lambda: (run_dir / "metrics.csv").is_file() and len(train_rows(run_dir)) >= rows)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_extending_a_finished_run_killed_and_resumed_equals_the_uninterrupted_extension(tmp_path):
+    """A run of 5 steps (of 16 per epoch) extended to 12: killed at step 8 or so and resumed, it ends bit-identical to
+    the extension without a kill; both stay in epoch 0 where the data stream stands, in one wandb run."""
+    base = tmp_path / "base"
+    assert train_in_process([*ARGS, *WANDB, "trainer.max_steps=5", f"run_dir={base}"]).returncode == 0
+    state = load_checkpoint(base / "checkpoints" / "last.ckpt")
+    assert state["global_step"] == 5 and state["epoch"] == 0 and state["Synthetic"] == {"epoch": 0, "batches_done": 5}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    for folder in (whole, killed):
+        shutil.copytree(base, folder)
+    extend = [*ARGS, *WANDB, f"trainer.max_steps={STEPS}", "resume=auto"]
+    assert train_in_process([*extend, f"run_dir={whole}"]).returncode == 0
+    kill_at_row([*extend, f"run_dir={killed}"], killed, 9)
+    r = train_in_process([*extend, f"run_dir={killed}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = (load_checkpoint(d / "checkpoints" / "last.ckpt") for d in (killed, whole))
+    assert a["global_step"] == b["global_step"] == STEPS and a["epoch"] == b["epoch"] == 0
+    assert a["Synthetic"] == b["Synthetic"] == {"epoch": 0, "batches_done": STEPS}
+    for name, tensor in b["state_dict"].items():
+        assert torch.equal(a["state_dict"][name], tensor), name
+    assert train_rows(killed) == train_rows(whole) and sorted(train_rows(whole)) == list(range(STEPS))
+    with (killed / "metrics.csv").open(newline="") as f:
+        assert {r["epoch"] for r in csv.DictReader(f) if r.get("train/loss")} == {"0"}
+    assert wandb_losses(killed) == csv_losses(killed)
+    ids = {p.name.rsplit("-", 1)[1] for p in (killed / "wandb").glob("offline-run-*")}
+    assert len(list((killed / "wandb").glob("offline-run-*"))) == 3 and len(ids) == 1, ids
+
+
+@pytest.mark.parametrize("case", ["killed before the first checkpoint", "every checkpoint corrupt"])
+def test_a_restart_without_a_loadable_checkpoint_logs_each_step_once(reference, tmp_path, case):
+    run_dir = tmp_path / "run"
+    args = [*ARGS, *WANDB, f"run_dir={run_dir}"]
+    if case == "killed before the first checkpoint":
+        kill_at_row([*args, "checkpoint.every_n_steps=100"], run_dir, 3)
+    else:
+        kill_at_row(args, run_dir, 7)
+        for path in (run_dir / "checkpoints").glob("*.ckpt"):
+            path.write_bytes(b"")
+    r = train_in_process([*args, "resume=auto"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "starting again from step 0" in r.stdout
+    assert_same_run(run_dir, reference)
+    assert wandb_losses(run_dir) == csv_losses(run_dir) == csv_losses(reference)
 
 
 def test_sigterm_outside_slurm_saves_and_exits_143(tmp_path):

@@ -7,7 +7,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from selfsup.checks import check_command_line, check_launcher, check_run_dir_argument
+from selfsup.checks import GROUPS, check_command_line, check_launcher, check_modalities
+from selfsup.config_check import check_config
 from selfsup.errors import SelfsupError, report
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -38,7 +39,8 @@ if __name__ == "__main__":
     try:
         check_command_line(sys.argv[1:], CONFIG_DIR)
         check_launcher(sys.argv[1:], CONFIG_DIR)
-        check_run_dir_argument(sys.argv[1:])  # before Hydra creates the folder
+        if not any(a.startswith("-") and a not in ("-m", "--multirun") for a in sys.argv[1:]):  # not --help, --cfg
+            check_config(CONFIG_DIR, "train", sys.argv[1:], GROUPS, check_modalities)  # before Hydra makes run_dir
     except SelfsupError as e:
         fail(e)
     main()

@@ -5,16 +5,16 @@ constructor; this module checks the pieces fit together and that the command lin
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from selfsup.errors import ConfigError
-from selfsup.runs import prepare_run_dir
 
 GROUPS = ("backbone", "objective", "data", "trainer", "optim", "logger", "callbacks", "experiment")
 
@@ -66,19 +66,21 @@ def target_attr(node: Any, attr: str, default: Any = None) -> Any:
         raise ConfigError(f"cannot import {target}: {e}") from e
 
 
-def check_modalities(cfg: Any) -> None:
-    """The objective, the backbone and the data must agree on the modality (image, text, image-text)."""
-    wanted_data = target_attr(cfg.objective, "modality")
+def check_modalities(cfg: Any, read: Callable[[Any, str], Any] = target_attr) -> None:
+    """The objective, the backbone and the data must agree on the modality (image, text, image-text). `read(node,
+    attr)`: a class attribute of a node's `_target_` (imported; config_check.declared reads it from source)."""
+    wanted_data = read(cfg.objective, "modality")
     # an objective may train a backbone of another modality than its data (image-text data, an image backbone)
-    wanted_backbone = target_attr(cfg.objective, "backbone_modality") or wanted_data
+    wanted_backbone = read(cfg.objective, "backbone_modality") or wanted_data
     for group, wanted in (("backbone", wanted_backbone), ("data", wanted_data)):
-        have = target_attr(cfg[group], "modality")
+        have = read(cfg[group], "modality")
         if wanted == "image" and have == "image-text":  # image objectives use the images of pairs
             continue
         if wanted and have and have != wanted:
+            objective = str(cfg.objective.get("_target_", "")).rsplit(".", 1)[-1]
             raise ConfigError(
-                f"objective {target_attr(cfg.objective, '__name__')} needs {wanted} {group}, but the chosen {group} "
-                f"is {have}; pick an {wanted} {group} (or drop the {group}= override to use the objective's default)"
+                f"objective {objective} needs {wanted} {group}, but the chosen {group} is {have}; pick an {wanted} "
+                f"{group} (or drop the {group}= override to use the objective's default)"
             )
 
 
@@ -111,8 +113,14 @@ def check_launcher(argv: Sequence[str], config_dir: Path) -> None:
                           "trainer.accelerator=cpu")
 
 
-def check_run_dir_argument(argv: Sequence[str]) -> None:
-    """A `run_dir=PATH` on the command line must be writable (Hydra creates it before any of our code runs)."""
-    for arg in argv:
-        if arg.startswith("run_dir="):
-            prepare_run_dir(Path(arg.split("=", 1)[1]).expanduser(), min_free_gb=0.0)
+def check_run_dir(path: Path) -> None:
+    """A run folder that can be created or written (Hydra creates it before any of our code runs); nothing is
+    created here, so a refused command leaves no folder behind."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"run_dir={path} is a file, not a folder; choose another run_dir")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"run_dir={path}: {existing} is a file, not a folder; choose another run_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"run folder {path} is not writable ({existing} is read-only for this user); choose "
+                          "another with run_dir=PATH")

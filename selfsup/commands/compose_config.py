@@ -8,27 +8,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
-from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from selfsup import runs
 from selfsup.checks import GROUPS, check_command_line
+from selfsup.config_check import check_config, composed
 from selfsup.errors import ConfigError
 
 
 def compose(config_dir: Path, name: str, argv: Sequence[str], groups: Sequence[str] = ()) -> DictConfig:
     """The config `name` composed with command-line overrides (Hydra's compose API: no output folder, no
-    logging set-up), with unknown group choices and Hydra's own errors as one-line ConfigErrors."""
+    logging set-up), checked (config_check: names, misspelt keys, types, ranges, paths) in one-line ConfigErrors."""
     check_command_line(argv, config_dir, (*GROUPS, *groups))
-    try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            return hydra_compose(config_name=name, overrides=list(argv))
-    except (HydraException, OmegaConfBaseException) as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        raise ConfigError(" ".join(lines[:2])) from None  # e.g. "Could not override 'x'. To append ... use +x=1"
+    check_config(config_dir, name, argv, (*GROUPS, *groups))
+    return composed(config_dir, name, argv)
 
 
 def required(cfg: DictConfig, key: str, hint: str) -> Any:

@@ -15,7 +15,7 @@ from selfsup.evaluation.data import check_labelled, pick_device
 from selfsup.evaluation.features import num_classes_of
 from selfsup.evaluation.pretrained import resolve_checkpoint
 from selfsup.evaluation.protocol import EvalContext
-from selfsup.evaluation.results import RANDOM_INIT_SUFFIX, RESULTS, EvalLogger, update_results
+from selfsup.evaluation.results import RANDOM_INIT_SUFFIX, RESULTS, EvalLogger, read_results, update_results
 
 WEIGHTS = ("trained", "random")
 
@@ -52,6 +52,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         data.check_before_training(1)
 
     out_dir = Path(cfg.out).expanduser() if cfg.get("out") else pre.run_dir
+    read_results(out_dir / RESULTS)  # an unreadable results.json stops here, not after the protocol ran
     logger = EvalLogger(out_dir / "eval" / key, csv_enabled=bool(cfg.logger.get("csv", True)),
                         wandb=wandb_settings(cfg, pre.run_cfg), name=f"{pre.run_dir.name}-{key}",
                         config={"eval": OmegaConf.to_container(cfg, resolve=True), "checkpoint": str(pre.checkpoint)})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from selfsup.checkpoint_io import last_good, resolve_resume
 from selfsup.checks import check_modalities
 from selfsup.console import note, quiet
 from selfsup.data.tokenizer import Tokenized, save_atomic
-from selfsup.errors import ConfigError, NonFiniteLoss
+from selfsup.errors import ConfigError, DataError, NonFiniteLoss, SelfsupError
 from selfsup.module import PretrainModule
 from selfsup.run_info import record_run_info
 from selfsup.run_loggers import RunWandbLogger, backfill_wandb
@@ -64,7 +65,18 @@ def restart_advice(run_dir: Path, cfg: DictConfig) -> str:
 
 
 def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule:
-    """Check, build and train; returns the trained module."""
+    """Check, build and train; returns the trained module. A run folder this start created is removed again when
+    it fails before logging or saving anything (bad data found when opening it, say): no half-made folders."""
+    fresh = not any(p.name != "train.log" for p in run_dir.iterdir()) if run_dir.is_dir() else True
+    try:
+        return build_and_train(cfg, run_dir, names)
+    except SelfsupError:
+        if fresh and rank_zero_only.rank == 0 and not runs.holds_a_run(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def build_and_train(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule:
     # Our data modules restore their position mid-epoch through state_dict (data/datamodule.py), which this
     # Lightning warning does not look for.
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
@@ -114,6 +126,12 @@ def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule
     except NonFiniteLoss as e:
         raise NonFiniteLoss(f"{e}; {restart_advice(run_dir, cfg)}") from None
     except RuntimeError as e:
+        if "DataLoader worker (pid" in str(e):  # "... exited unexpectedly", "... is killed by signal: Killed."
+            what = next(line for line in str(e).splitlines() if "DataLoader worker (pid" in line).strip().rstrip(".")
+            raise DataError(f"a data loader worker died ({what}; the sample it was reading is not known): killed by "
+                            "a signal, often the out-of-memory killer; checkpoints and "
+                            "metrics so far are kept: resume=auto, with fewer data.num_workers or a smaller "
+                            "data.batch_size") from None
         if resume is None or "Error(s) in loading state_dict" not in str(e):
             raise
         detail = " ".join(str(e).split("\n", 1)[-1].split())[:300]

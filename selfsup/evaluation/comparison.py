@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 from omegaconf import OmegaConf
 
-from selfsup.errors import ConfigError
+from selfsup.errors import ConfigError, DataError
 from selfsup.evaluation import wandb_offline
 from selfsup.evaluation.results import RANDOM_INIT_SUFFIX, RESULTS, read_results
 from selfsup.runs import CONFIG, METRICS, RUN_INFO, flatten
@@ -110,7 +110,7 @@ def _number(text: str) -> float | None:
 
 
 def read_csv_rows(path: Path) -> list[dict[str, float]]:
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8") as f:
         rows = []
         for raw in csv.DictReader(f):
             numbers = ((k, _number(v)) for k, v in raw.items() if k and v not in (None, ""))
@@ -139,9 +139,17 @@ def read_wandb_rows(run_dir: Path) -> list[dict[str, float]]:
 
 
 def read_run(run_dir: Path) -> Run:
-    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG), resolve=False)
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG), resolve=False)
+    except Exception as e:  # YAML syntax, encoding: a one-line error naming the file
+        raise DataError(f"cannot read {run_dir / CONFIG} ({type(e).__name__}: {' '.join(str(e).split())[:120]}); "
+                        "fix it or move that run folder out of the compared folder") from None
     if (run_dir / METRICS).is_file():
-        rows, source = read_csv_rows(run_dir / METRICS), "csv"
+        try:
+            rows, source = read_csv_rows(run_dir / METRICS), "csv"
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise DataError(f"cannot read {run_dir / METRICS} ({type(e).__name__}: {str(e)[:120]}); fix it or move "
+                            "that run folder out of the compared folder") from None
     else:
         rows, source = read_wandb_rows(run_dir), "wandb"
     results = read_results(run_dir / RESULTS)

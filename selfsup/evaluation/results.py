@@ -11,17 +11,25 @@ import os
 from pathlib import Path
 from typing import Any
 
+from selfsup.errors import DataError
+
 RESULTS = "results.json"
 RANDOM_INIT_SUFFIX = "@random_init"  # the key of a protocol's random-initialisation baseline (eval.py weights=random)
 
 
 def read_results(path: Path) -> dict[str, Any]:
-    """An existing results.json, or {} when there is none (or it is unreadable, which is then replaced)."""
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    """An existing results.json, or {} when there is none; a one-line DataError when it cannot be read, so that
+    an evaluation never replaces the other protocols' results it could not read."""
+    if not path.is_file():
         return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise DataError(f"cannot read {path} ({type(e).__name__}: {' '.join(str(e).split())[:120]}); fix it or move "
+                        "it aside (it is never overwritten)") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path} is not a results file (a JSON object of protocol: metrics); fix it or move it aside")
+    return data
 
 
 def update_results(path: Path, protocol: str, entry: dict[str, Any]) -> dict[str, Any]:

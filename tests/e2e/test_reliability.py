@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -371,3 +372,52 @@ def test_sigterm_outside_slurm_saves_and_exits_143(tmp_path):
     assert "SIGTERM at step" in line and "resume=auto" in line
     step = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"]
     assert 2 <= step < STEPS and f"step {step};" in line
+
+
+def test_a_full_disk_is_named_with_the_space_needed_and_keeps_the_last_checkpoint(reference, tmp_path):
+    """The step-4 checkpoint's temporary file is /dev/full (the kernel's ENOSPC on every write): the run stops with
+    one line naming the file and the space it needs; step 2's checkpoint stays whole and the run resumes exactly."""
+    run_dir = tmp_path / "run"
+    ckpts = run_dir / "checkpoints"
+
+    def fill_the_disk() -> None:  # once step 2 is saved (a start removes stale temporary files)
+        wait_until(lambda: (ckpts / "step_0000002.ckpt").is_file(), timeout=300)
+        (ckpts / f".step_0000004.ckpt.{os.getpid()}.tmp").symlink_to("/dev/full")
+
+    injector = threading.Thread(target=fill_the_disk)
+    injector.start()
+    r = train_in_process([*ARGS, f"run_dir={run_dir}"])
+    injector.join()
+    line = error_line(r.stderr)
+    assert r.returncode == 2 and "no space left on the device to write checkpoint" in line, line
+    assert str(run_dir / "checkpoints" / "step_0000004.ckpt") in line and "MiB are free" in line, line
+    needed = int(line.split("it needs about ")[1].split(" MiB")[0])
+    assert needed >= sum(t.numel() * t.element_size() for t in load_checkpoint(
+        reference / "checkpoints" / "last.ckpt")["state_dict"].values()) / 2**20
+    assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 2
+    assert not (run_dir / "checkpoints" / "step_0000004.ckpt").exists()
+    r = train_in_process([*ARGS, f"run_dir={run_dir}", "resume=auto"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_run(run_dir, reference)
+
+
+def worker_pids(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in children.read_text().split()] if children.is_file() else []
+
+
+def test_a_killed_data_worker_is_one_line_and_the_run_resumes(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *ARGS, "data.num_workers=2", f"run_dir={run_dir}"],
+                            cwd=ROOT, env=dict(os.environ, WANDB_MODE="offline", PYTHONWARNINGS="ignore"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: (run_dir / "metrics.csv").is_file() and len(train_rows(run_dir)) >= 3
+               and worker_pids(proc.pid))
+    os.kill(worker_pids(proc.pid)[0], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=300)
+    line = error_line(stderr)
+    assert proc.returncode == 2 and "a data loader worker died" in line and "pid" in line, line
+    assert "resume=auto" in line and "data.num_workers" in line, line
+    r = train_in_process([*ARGS, f"run_dir={run_dir}", "resume=auto"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_run(run_dir, reference)

@@ -7,6 +7,8 @@ nothing below it builds from a config.
 """
 from __future__ import annotations
 
+import difflib
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +205,12 @@ def trainer_settings(cfg: DictConfig) -> dict[str, Any]:
         settings["benchmark"] = not settings.get("deterministic")
     settings.pop("nonfinite", None)
     settings.pop("nonfinite_max_consecutive_skips", None)
+    accepted = inspect.signature(pl.Trainer.__init__).parameters
+    for key in settings:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, list(accepted), n=1)
+            hint = f"; did you mean trainer.{close[0]}?" if close else ""
+            raise ConfigError(f"trainer.{key} is not an argument of Lightning's Trainer{hint}")
     if settings.get("max_steps", -1) > 0:  # Lightning logs every N steps only: a shorter run would log none
         settings["log_every_n_steps"] = max(1, min(settings.get("log_every_n_steps", 50), settings["max_steps"]))
     return settings

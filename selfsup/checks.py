@@ -114,13 +114,23 @@ def check_launcher(argv: Sequence[str], config_dir: Path) -> None:
 
 
 def check_run_dir(path: Path) -> None:
-    """A run folder that can be created or written (Hydra creates it before any of our code runs); nothing is
-    created here, so a refused command leaves no folder behind."""
+    """A run folder that can be created and written (Hydra creates it before any of our code runs): tried for real
+    (what is missing is created, a file written) and then removed again, so a refused command leaves nothing."""
     if path.exists() and not path.is_dir():
         raise ConfigError(f"run_dir={path} is a file, not a folder; choose another run_dir")
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
         raise ConfigError(f"run_dir={path}: {existing} is a file, not a folder; choose another run_dir")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"run folder {path} is not writable ({existing} is read-only for this user); choose "
-                          "another with run_dir=PATH")
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_test.{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"run folder {path} is not writable ({e.strerror}); choose another with "
+                          "run_dir=PATH") from None
+    finally:
+        for folder in created:  # deepest first
+            if folder.is_dir():
+                folder.rmdir()

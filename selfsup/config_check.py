@@ -135,8 +135,10 @@ def single_runs(argv: Sequence[str]) -> list[list[str]]:
 
 
 def is_group_choice(override: Any, groups: Sequence[str]) -> bool:
+    """A choice of config (`objective=mae`, `data@x=y`, `hydra/launcher=slurm`) or a setting of Hydra's own
+    (`hydra.searchpath=...`, where a user's own configs are), rather than a key=value of the config."""
     key = override.key_or_group
-    return "/" in key or "@" in key or key.split("@")[0] in groups
+    return "/" in key or "@" in key or key.split("@")[0] in groups or key.split(".")[0] == "hydra"
 
 
 # -- composing -----------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
+from selfsup.errors import DataError
 from selfsup.evaluation.comparison import read_csv_rows, read_wandb_rows
 from selfsup.runs import METRICS
 
@@ -39,6 +40,14 @@ class AppendingWriter(ExperimentWriter):
         if os.path.isfile(self.metrics_file_path):
             with open(self.metrics_file_path, newline="") as f:
                 self.metrics_keys = sorted(next(csv.reader(f), []))
+
+    def save(self) -> None:
+        """Write the pending rows; a full disk or a failing write is one line naming the file."""
+        try:
+            super().save()
+        except OSError as e:
+            raise DataError(f"cannot write {self.metrics_file_path} ({e.strerror or e}); checkpoints so far are kept: "
+                            "free some space, then resume=auto") from None
 
     def _check_log_dir_exists(self) -> None:
         """Keep the existing file: a resumed run appends to it."""

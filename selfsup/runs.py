@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from selfsup.errors import ConfigError
+from selfsup.errors import ConfigError, DataError
 from selfsup.instantiate import load_trusted_config, upgrade_targets
 
 CHECKPOINTS = "checkpoints"
@@ -81,9 +81,12 @@ def trim_metrics(run_dir: str | Path, last_step: int) -> int:
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return 0
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        fields, rows = reader.fieldnames or [], list(reader)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            fields, rows = reader.fieldnames or [], list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read {path} ({type(e).__name__}); fix it or move it aside to resume") from None
     keep = [r for r in rows if not r.get("step") or int(float(r["step"])) < last_step]
     if len(keep) == len(rows):
         return 0

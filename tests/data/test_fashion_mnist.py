@@ -43,13 +43,15 @@ def test_missing_fashion_mnist_says_where_it_looked_and_how_to_get_it(tmp_path, 
 
 @pytest.mark.skipif(not fashion_mnist.DEBIAN_DIR.is_dir(), reason="apt-get install -y dataset-fashion-mnist")
 def test_a_given_root_without_the_data_is_an_error_not_the_debian_copy(tmp_path, train):
-    """data.root=DIR that does not exist used to train on the Debian copy without a word."""
-    r = train(["objective=mae", f"data.root={tmp_path / 'typo'}", "trainer.max_steps=1",
+    """data.root=DIR without the data used to train on the Debian copy without a word (a DIR that does not exist
+    at all is refused earlier, by the config check: tests/e2e/test_bad_input.py)."""
+    (tmp_path / "empty").mkdir()
+    r = train(["objective=mae", f"data.root={tmp_path / 'empty'}", "trainer.max_steps=1",
                f"run_dir={tmp_path / 'run'}"])
     assert r.returncode == 2, r.stderr[-2000:]
     (line,) = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert f"data.root={tmp_path / 'typo'} does not exist" in line and "drop data.root" in line
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert f"data.root={tmp_path / 'empty'} holds no Fashion-MNIST idx files" in line and "drop data.root" in line
+    assert not (tmp_path / "run").exists()  # the folder this start made is gone again
 
 
 def test_corrupt_idx_file_is_named(tmp_path):

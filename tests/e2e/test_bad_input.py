@@ -89,6 +89,8 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "misspelt checkpoint key": ("train", ["checkpoint.every_n_step=2"], "did you mean checkpoint.every_n_steps?"),
     "misspelt precision": ("train", ["trainer.precison=32"], "did you mean trainer.precision?"),
     "misspelt mask ratio": ("train", ["objective.mask_ration=0.5"], "did you mean objective.mask_ratio?"),
+    "added Trainer key misspelt": ("train", ["+trainer.max_step=3"], "trainer.max_step is not an argument of "
+                                                                     "Lightning's Trainer; did you mean trainer.max_"),
     # train.py: unknown names
     "unknown backbone config": ("train", ["backbone=vit_gigantic"], "unknown backbone 'vit_gigantic'; choose one of"),
     "unknown objective": ("train", ["objective=dino9"], "unknown objective 'dino9'; choose one of: byol, clip, mae"),
@@ -202,3 +204,11 @@ def test_bad_input_gives_one_line(trained_run, tmp_path, command, args, message)
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs" / "été").exists()  # no half-made run folder
     assert not (tmp_path / "x").exists() and not (tmp_path / "f.npz").exists()
     assert sorted(p.name for p in trained_run.iterdir()) == before
+
+
+@pytest.mark.parametrize("name", ["my runs", "été"])
+def test_run_dir_with_a_space_or_non_ascii_characters_trains_when_quoted(train, tmp_path, name):
+    run_dir = tmp_path / name / "run"
+    r = train([*TRAIN[:-1], f'run_dir="{run_dir}"'])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "metrics.csv").is_file()

@@ -401,6 +401,16 @@ def test_a_full_disk_is_named_with_the_space_needed_and_keeps_the_last_checkpoin
     assert_same_run(run_dir, reference)
 
 
+def test_a_full_disk_under_metrics_csv_is_one_line(tmp_path):
+    from selfsup.run_loggers import RunCSVLogger
+
+    logger = RunCSVLogger(str(tmp_path))
+    logger.log_metrics({"train/loss": 1.0}, step=0)
+    logger.experiment.metrics_file_path = "/dev/full"  # the kernel's ENOSPC on every write
+    with pytest.raises(DataError, match="cannot write /dev/full .*No space left on device.*resume=auto"):
+        logger.log_metrics({"train/loss": 0.5}, step=1)
+
+
 def worker_pids(pid: int) -> list[int]:
     children = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in children.read_text().split()] if children.is_file() else []

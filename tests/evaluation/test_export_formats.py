@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from selfsup.backbones.resnet import ResNet
 from selfsup.backbones.vit import ViT
+from selfsup.checkpoint_io import atomic_save
 
 
 def fake_run(tmp_path: Path, backbone_node: dict, backbone, data_node: dict | None = None) -> Path:
@@ -21,7 +22,7 @@ def fake_run(tmp_path: Path, backbone_node: dict, backbone, data_node: dict | No
     OmegaConf.save(OmegaConf.create({"seed": 0, "backbone": backbone_node, "data": data_node,
                                      "objective": {"_target_": "selfsup.objectives.mae.MAE"}}), run / "config.yaml")
     state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
-    torch.save({"state_dict": state, "global_step": 7}, run / "checkpoints" / "last.ckpt")
+    atomic_save({"state_dict": state, "global_step": 7}, run / "checkpoints" / "last.ckpt")
     return run
 
 

@@ -64,6 +64,41 @@ def restart_advice(run_dir: Path, cfg: DictConfig) -> str:
     return f"last good checkpoint: {path} (step {step}); resume=auto repeats the same steps, so {remedy}"
 
 
+def continue_logs(cfg: DictConfig, run_dir: Path, resume: tuple[Path, int] | None, trainer: pl.Trainer,
+                  continues: bool) -> None:
+    """Rank zero: each step once in the logs. Rows after the resumed checkpoint are dropped (they are logged
+    again); with resume=auto and nothing to resume, the earlier attempt's rows are; an offline wandb run gets
+    the rows a killed process had not handed to it."""
+    if resume is None:
+        dropped = runs.trim_metrics(run_dir, 0) if cfg.resume else 0
+        if dropped:
+            print(f"no checkpoint to resume from in {runs.checkpoint_dir(run_dir)}: starting again from step 0 "
+                  f"({dropped} metric rows of the earlier attempt dropped)")
+        return
+    dropped = runs.trim_metrics(run_dir, resume[1])
+    print(f"resuming from {resume[0]} (step {resume[1]}; {dropped} later metric rows dropped)")
+    if continues and cfg.logger.wandb.mode == "offline":
+        for logger in trainer.loggers:
+            if isinstance(logger, RunWandbLogger):
+                backfill_wandb(logger, run_dir, resume[1])
+
+
+def explain(error: RuntimeError, resume: tuple[Path, int] | None) -> SelfsupError | None:
+    """A one-line error for the RuntimeErrors a user can act on: a data loader worker that died, a checkpoint
+    whose weights do not fit the model of this config."""
+    text = str(error)
+    if "DataLoader worker (pid" in text:  # "... exited unexpectedly", "... is killed by signal: Killed."
+        what = next(line for line in text.splitlines() if "DataLoader worker (pid" in line).strip().rstrip(".")
+        return DataError(f"a data loader worker died ({what}; the sample it was reading is not known): killed by a "
+                         "signal, often the out-of-memory killer; checkpoints and metrics so far are kept: "
+                         "resume=auto, with fewer data.num_workers or a smaller data.batch_size")
+    if resume is not None and "Error(s) in loading state_dict" in text:
+        detail = " ".join(text.split("\n", 1)[-1].split())[:300]
+        return ConfigError(f"{resume[0]} does not fit the model this config builds ({detail}); resume with the run's "
+                           "own config, or start a new run_dir")
+    return None
+
+
 def run(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> PretrainModule:
     """Check, build and train; returns the trained module. A run folder this start created is removed again when
     it fails before logging or saving anything (bad data found when opening it, say): no half-made folders."""
@@ -99,18 +134,8 @@ def build_and_train(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> Pr
     trainer = build_trainer(cfg, run_dir, names, pieces.data, wandb_id)
     pieces.data.check_before_training(trainer.world_size)
     module = build_module(cfg, pieces, trainer)
-    if resume is not None:
-        dropped = runs.trim_metrics(run_dir, resume[1]) if rank_zero else 0
-        print(f"resuming from {resume[0]} (step {resume[1]}; {dropped} later metric rows dropped)")
-        offline_wandb = [lg for lg in trainer.loggers if isinstance(lg, RunWandbLogger) and cfg.logger.wandb.mode ==
-                         "offline"]
-        if continues and rank_zero and offline_wandb:
-            backfill_wandb(offline_wandb[0], run_dir, resume[1])
-    elif cfg.resume and rank_zero:  # resume=auto, nothing loadable: the earlier attempt is started again
-        dropped = runs.trim_metrics(run_dir, 0)
-        if dropped:
-            print(f"no checkpoint to resume from in {runs.checkpoint_dir(run_dir)}: starting again from step 0 "
-                  f"({dropped} metric rows of the earlier attempt dropped)")
+    if rank_zero:
+        continue_logs(cfg, run_dir, resume, trainer, continues)
     o = module.optim
     what = ", ".join(f"{group} {names[group]}" for group in ("objective", "backbone", "data") if names.get(group))
     print(f"{what}; global batch {pieces.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches}, "
@@ -126,17 +151,10 @@ def build_and_train(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> Pr
     except NonFiniteLoss as e:
         raise NonFiniteLoss(f"{e}; {restart_advice(run_dir, cfg)}") from None
     except RuntimeError as e:
-        if "DataLoader worker (pid" in str(e):  # "... exited unexpectedly", "... is killed by signal: Killed."
-            what = next(line for line in str(e).splitlines() if "DataLoader worker (pid" in line).strip().rstrip(".")
-            raise DataError(f"a data loader worker died ({what}; the sample it was reading is not known): killed by "
-                            "a signal, often the out-of-memory killer; checkpoints and "
-                            "metrics so far are kept: resume=auto, with fewer data.num_workers or a smaller "
-                            "data.batch_size") from None
-        if resume is None or "Error(s) in loading state_dict" not in str(e):
+        explained = explain(e, resume)
+        if explained is None:
             raise
-        detail = " ".join(str(e).split("\n", 1)[-1].split())[:300]
-        raise ConfigError(f"{resume[0]} does not fit the model this config builds ({detail}); resume with the run's "
-                          "own config, or start a new run_dir") from None
+        raise explained from None
     finally:
         close_loggers(trainer)
     return module

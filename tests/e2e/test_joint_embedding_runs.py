@@ -23,7 +23,7 @@ def test_objective_trains_end_to_end_on_fashion_mnist(train, tmp_path, objective
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert "backbone.net.conv1.weight" in state and state["backbone.net.conv1.weight"].shape[-1] == 3  # CIFAR stem
     if objective == "byol":
-        assert "objective.target_backbone.net.conv1.weight" in state
+        assert "objective.target.copies.backbone.net.conv1.weight" in state
         assert "train/target_momentum" in rows
 
 
@@ -35,5 +35,5 @@ def test_byol_resumed_run_has_the_uninterrupted_target(train, tmp_path):
     assert_same_last_checkpoint(whole, resumed, global_step=4)
     final, middle = (torch.load(whole / "checkpoints" / name, map_location="cpu", weights_only=True)["state_dict"]
                      for name in ("last.ckpt", "step_0000002.ckpt"))
-    targets = [k for k in final if k.startswith("objective.target_")]
+    targets = [k for k in final if k.startswith("objective.target.copies.")]
     assert targets and not torch.equal(final[targets[0]], middle[targets[0]])  # the target moved after step 2

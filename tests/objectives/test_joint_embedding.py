@@ -110,11 +110,12 @@ def test_byol_ema_update_is_the_weighted_average():
     with torch.no_grad():
         for p in [*backbone.parameters(), *objective.projector.parameters()]:
             p.add_(torch.randn_like(p))
-    before = [p.clone() for p in [*objective.target_backbone.parameters(), *objective.target_projector.parameters()]]
+    target = [*objective.target["backbone"].parameters(), *objective.target["projector"].parameters()]
+    before = [p.clone() for p in target]
     online = [p.clone() for p in [*backbone.parameters(), *objective.projector.parameters()]]
     objective.after_optimizer_step(backbone, 30, 100)
     tau = target_momentum(30, 100, 0.99)
-    after = [*objective.target_backbone.parameters(), *objective.target_projector.parameters()]
+    after = [*objective.target["backbone"].parameters(), *objective.target["projector"].parameters()]
     assert len(after) == len(online) == len(before)
     for t0, o, t1 in zip(before, online, after):
         torch.testing.assert_close(t1, tau * t0 + (1 - tau) * o)
@@ -125,7 +126,7 @@ def test_no_gradient_reaches_the_byol_target():
     backbone, objective = byol()
     batch = {"view1": torch.randn(4, 12), "view2": torch.randn(4, 12)}
     objective(backbone, batch).loss.backward()
-    target = [*objective.target_backbone.parameters(), *objective.target_projector.parameters()]
+    target = [*objective.target["backbone"].parameters(), *objective.target["projector"].parameters()]
     assert all(p.grad is None and not p.requires_grad for p in target)
     assert all(p.grad is not None for p in [*backbone.parameters(), *objective.predictor.parameters()])
     optimized = {id(p) for g in param_groups({"objective": objective}, 0.1) for p in g["params"]}
@@ -145,11 +146,11 @@ def test_byol_target_weights_survive_a_checkpoint_round_trip():
             p.add_(1.0)
     objective.after_optimizer_step(backbone, 5, 10)
     state = {k: v.clone() for k, v in objective.state_dict().items()}
-    assert any(k.startswith("target_backbone.") for k in state)
+    assert any(k.startswith("target.copies.backbone.") for k in state)
     _, restored = byol()
     restored.load_state_dict(state)
-    restored_state = restored.target_backbone.state_dict().values()
-    for (name, a), b in zip(objective.target_backbone.state_dict().items(), restored_state):
+    restored_state = restored.target["backbone"].state_dict().values()
+    for (name, a), b in zip(objective.target["backbone"].state_dict().items(), restored_state):
         torch.testing.assert_close(a, b, msg=name)
 
 

@@ -23,6 +23,7 @@ CASES = {
     "simclr-resnet": ["objective=simclr", "backbone=resnet18", "data=synthetic", "data.image_size=32"],
     "simclr-vit": ["objective=simclr", *SMALL_VIT],
     "byol-resnet": ["objective=byol", "backbone=resnet18", "data=synthetic", "data.image_size=32"],
+    "dino-vit": ["objective=dino", *SMALL_VIT, "objective.out_dim=64", "objective.hidden_dim=32"],
     "mlm": ["objective=mlm", "backbone=text_tiny"],
     "mlm-nsp": ["objective=mlm", "backbone=text_tiny", "objective.next_sentence=true"],
     "clip": ["objective=clip", *SMALL_VIT[:2], "data.image_size=32", "backbone.patch_size=8",

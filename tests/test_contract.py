@@ -14,10 +14,11 @@ PACKAGE = ROOT / "selfsup"
 SOURCES = sorted(PACKAGE.rglob("*.py"))
 
 # What the objectives are called in code: class names and module names.
-OBJECTIVE_NAMES = {"MAE", "MLM", "SimCLR", "BYOL", "CLIP", "DualEncoder", "mae", "mlm", "simclr", "byol", "clip"}
+OBJECTIVE_NAMES = {"MAE", "MLM", "SimCLR", "BYOL", "CLIP", "DualEncoder", "DINO", "DINOHead", "mae", "mlm", "simclr",
+                   "byol", "clip", "dino"}
 # Metric keys that one objective logs.
 OBJECTIVE_KEYS = ("mlm_loss", "nsp_loss", "nsp_accuracy", "masked_accuracy", "image_to_text_accuracy",
-                  "text_to_image_accuracy", "logit_scale", "target_momentum")
+                  "text_to_image_accuracy", "logit_scale", "target_momentum", "teacher_temp", "teacher_momentum")
 
 
 def module_name(path: Path) -> str:

@@ -93,7 +93,8 @@ CASES: dict[str, tuple[str, list[str], str]] = {
                                                                      "Lightning's Trainer; did you mean trainer.max_"),
     # train.py: unknown names
     "unknown backbone config": ("train", ["backbone=vit_gigantic"], "unknown backbone 'vit_gigantic'; choose one of"),
-    "unknown objective": ("train", ["objective=dino9"], "unknown objective 'dino9'; choose one of: byol, clip, mae"),
+    "unknown objective": ("train", ["objective=dino9"],
+                          "unknown objective 'dino9'; choose one of: byol, clip, dino, mae"),
     "unknown data": ("train", ["data=imagenet22k"], "unknown data 'imagenet22k'; choose one of"),
     "unknown zero-shot data": ("train", ["data@monitors.zero_shot.data=imagenet_val"],
                                "unknown data 'imagenet_val'; choose one"),

@@ -1,4 +1,4 @@
-"""SimCLR and BYOL through train.py: Fashion-MNIST, and BYOL's EMA target across a resume."""
+"""SimCLR, BYOL and DINO through train.py: Fashion-MNIST, and the EMA targets and teachers across a resume."""
 from __future__ import annotations
 
 import pytest
@@ -37,3 +37,26 @@ def test_byol_resumed_run_has_the_uninterrupted_target(train, tmp_path):
                      for name in ("last.ckpt", "step_0000002.ckpt"))
     targets = [k for k in final if k.startswith("objective.target.copies.")]
     assert targets and not torch.equal(final[targets[0]], middle[targets[0]])  # the target moved after step 2
+
+
+def test_dino_resumes_bit_exact_then_evaluates_and_exports(train, tmp_path):
+    """DINO's teacher, centre and temperature continue exactly from a mid-run checkpoint; kNN, the linear probe and
+    the export work on its run folder."""
+    from conftest import run_in_process
+
+    common = ["objective=dino", "data=synthetic", "data.image_size=16", "data.num_samples=128", "backbone=vit_tiny",
+              "+backbone.depth=2", "backbone.patch_size=4", "objective.out_dim=256", "objective.hidden_dim=64",
+              *SMALL, "trainer.max_steps=4", "checkpoint.every_n_steps=2"]
+    whole, resumed = train_whole_and_resumed(train, common, tmp_path, step=2)
+    assert_same_last_checkpoint(whole, resumed, global_step=4)
+    a, b = (torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+            for d in (whole, resumed))
+    assert torch.equal(a["objective.center"], b["objective.center"]) and a["objective.center"].abs().sum() > 0
+    rows = (whole / "metrics.csv").read_text()
+    assert "train/teacher_temp" in rows and "train/teacher_momentum" in rows
+    for protocol in ("knn", "linear"):
+        r = run_in_process(ROOT / "eval.py", [f"checkpoint={whole}", f"protocol={protocol}", "device=cpu",
+                                              "max_train_samples=64", "max_val_samples=32", "logger=csv"])
+        assert r.returncode == 0, r.stderr[-3000:]
+    r = run_in_process(ROOT / "export.py", [f"checkpoint={whole}", f"out={tmp_path / 'export'}"])
+    assert r.returncode == 0 and (tmp_path / "export" / "model.safetensors").is_file(), r.stderr[-3000:]

@@ -1,0 +1,122 @@
+"""DINO's pieces against references written here: the loss over every (teacher view, other student view) pair,
+the weight-normalised last layer, the centre's EMA, the teacher temperature's warm-up, and a teacher that takes no
+gradient and follows the student."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup.errors import ConfigError
+from selfsup.objectives.dino import DINO, DINOHead, dino_loss, teacher_temperature
+from selfsup.objectives.ema import cosine_momentum
+
+
+class TinyBackbone(nn.Module):
+    num_features = 6
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(12, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+VIEWS = [{"key": "global1"}, {"key": "global2"}, {"key": "local1"}, {"key": "local2"}]
+
+
+def dino(**kwargs) -> tuple[nn.Module, DINO]:
+    torch.manual_seed(0)
+    backbone = TinyBackbone()
+    settings = {"out_dim": 16, "hidden_dim": 8, "bottleneck_dim": 4, **kwargs}
+    return backbone, DINO(backbone, VIEWS, **settings)
+
+
+def test_dino_loss_is_the_mean_cross_entropy_over_pairs_of_different_views():
+    torch.manual_seed(1)
+    student = [torch.randn(5, 7) for _ in range(4)]
+    teacher = [torch.randn(5, 7) for _ in range(2)]
+    center = torch.randn(1, 7)
+    total, pairs = 0.0, 0
+    for i in range(2):
+        for j in range(4):
+            if i == j:
+                continue
+            for b in range(5):
+                t = [math.exp((teacher[i][b, k] - center[0, k]) / 0.04) for k in range(7)]
+                s = [math.exp(student[j][b, k] / 0.1) for k in range(7)]
+                total += -sum(t[k] / sum(t) * math.log(s[k] / sum(s)) for k in range(7)) / 5
+            pairs += 1
+    assert pairs == 6
+    torch.testing.assert_close(dino_loss(student, teacher, center, 0.1, 0.04), torch.tensor(total / pairs),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_head_last_layer_is_weight_norm_with_unit_norm():
+    torch.manual_seed(2)
+    head = DINOHead(6, 16, hidden_dim=8, bottleneck_dim=4)
+    x = torch.randn(3, 6)
+    reference = nn.utils.parametrizations.weight_norm(nn.Linear(4, 16, bias=False))
+    with torch.no_grad():
+        reference.parametrizations.weight.original1.copy_(head.prototypes)
+        reference.parametrizations.weight.original0.fill_(1.0)
+    torch.testing.assert_close(head(x), reference(F.normalize(head.mlp(x), dim=-1)))
+
+
+def test_center_is_the_ema_of_the_teacher_batch_mean():
+    _, objective = dino(center_momentum=0.9)
+    teacher = torch.randn(10, 16)
+    objective.center.fill_(1.0)
+    objective.update_center(teacher)
+    torch.testing.assert_close(objective.center, 0.9 * torch.ones(1, 16) + 0.1 * teacher.mean(0, keepdim=True))
+
+
+def test_teacher_temperature_warms_up_linearly_then_holds():
+    assert teacher_temperature(0, 100, 0.04, 0.07, 0.3) == pytest.approx(0.04)
+    assert teacher_temperature(15, 100, 0.04, 0.07, 0.3) == pytest.approx(0.055)
+    assert teacher_temperature(30, 100, 0.04, 0.07, 0.3) == pytest.approx(0.07)
+    assert teacher_temperature(99, 100, 0.04, 0.07, 0.3) == pytest.approx(0.07)
+    assert teacher_temperature(0, 100, 0.04, 0.07, 0.0) == pytest.approx(0.07)
+
+
+def test_no_gradient_reaches_the_teacher_and_it_follows_the_student():
+    backbone, objective = dino()
+    batch = {v["key"]: torch.randn(4, 12) for v in VIEWS}
+    objective.train()
+    center_before = objective.center.clone()
+    objective(backbone, batch).loss.backward()
+    teacher = list(objective.teacher.parameters())
+    assert teacher and all(p.grad is None and not p.requires_grad for p in teacher)
+    assert all(p.grad is not None for p in [*backbone.parameters(), *objective.head.parameters()])
+    assert not torch.equal(objective.center, center_before)  # training steps move the centre
+    with torch.no_grad():
+        for p in [*backbone.parameters(), *objective.head.parameters()]:
+            p.add_(1.0)
+    before = [p.clone() for p in teacher]
+    objective.after_optimizer_step(backbone, 10, 100)
+    m = cosine_momentum(10, 100, 0.996)
+    student = [*backbone.parameters(), *objective.head.parameters()]
+    for t0, s, t1 in zip(before, student, teacher):
+        torch.testing.assert_close(t1, m * t0 + (1 - m) * s)
+    assert float(objective.teacher_temp) == pytest.approx(teacher_temperature(10, 100, 0.04, 0.07, 0.3))
+
+
+def test_validation_does_not_move_the_centre():
+    backbone, objective = dino()
+    objective.eval()
+    objective(backbone, {v["key"]: torch.randn(4, 12) for v in VIEWS})
+    assert torch.equal(objective.center, torch.zeros(1, 16))
+
+
+@pytest.mark.parametrize("kwargs,message", [({"student_temp": 0}, "objective.student_temp must be positive"),
+                                            ({"center_momentum": 1.0}, "objective.center_momentum"),
+                                            ({"base_momentum": 1.5}, "objective.base_momentum must be in")])
+def test_bad_settings_are_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        dino(**kwargs)
+    with pytest.raises(ConfigError, match="at least two views"):
+        DINO(TinyBackbone(), [{"key": "global1"}])

@@ -28,6 +28,7 @@ def losses(run_dir: Path) -> list[float]:
 # SimCLR on a ViT without BatchNorm: torch's SyncBatchNorm needs GPUs, and per-process BN statistics would
 # differ from one process's. What this checks is NT-Xent's negatives gathered from both processes.
 OBJECTIVE_ARGS = {
+    "dino": ["objective.out_dim=256", "objective.hidden_dim=64"],  # the centre: the teacher's mean over both
     "mae": [],
     "simclr": ["backbone=vit_tiny", "objective.projector_bn=false", "objective.projector_hidden_dim=64",
                "objective.projector_dim=32", "optim=adamw"],

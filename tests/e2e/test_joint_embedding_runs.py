@@ -9,14 +9,18 @@ SMALL = ["logger=csv", "trainer=cpu", "data.num_workers=0", "data.batch_size=16"
          "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1", "monitors.enabled=false"]
 
 
+PIECES = {"simclr": ["objective=simclr"], "byol": ["objective=byol"],
+          "dino-resnet": ["objective=dino", "backbone=resnet18", "objective.out_dim=256"]}
+
+
 @pytest.mark.skipif(not (ROOT / "configs").is_dir(), reason="needs the repository")
-@pytest.mark.parametrize("objective", ["simclr", "byol"])
+@pytest.mark.parametrize("objective", sorted(PIECES))
 def test_objective_trains_end_to_end_on_fashion_mnist(train, tmp_path, objective):
     from selfsup.data import fashion_mnist
 
     if not fashion_mnist.DEBIAN_DIR.is_dir():
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
-    r = train([f"objective={objective}", *SMALL, f"run_dir={tmp_path}"])
+    r = train([*PIECES[objective], *SMALL, f"run_dir={tmp_path}"])
     assert r.returncode == 0, r.stderr[-3000:]
     rows = (tmp_path / "metrics.csv").read_text()
     assert "train/loss" in rows and (tmp_path / "checkpoints" / "last.ckpt").is_file()
@@ -25,6 +29,8 @@ def test_objective_trains_end_to_end_on_fashion_mnist(train, tmp_path, objective
     if objective == "byol":
         assert "objective.target.copies.backbone.net.conv1.weight" in state
         assert "train/target_momentum" in rows
+    if objective == "dino-resnet":
+        assert "objective.teacher.copies.backbone.net.conv1.weight" in state and "train/teacher_temp" in rows
 
 
 def test_byol_resumed_run_has_the_uninterrupted_target(train, tmp_path):

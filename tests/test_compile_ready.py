@@ -23,7 +23,8 @@ CASES = {
     "simclr-resnet": ["objective=simclr", "backbone=resnet18", "data=synthetic", "data.image_size=32"],
     "simclr-vit": ["objective=simclr", *SMALL_VIT],
     "byol-resnet": ["objective=byol", "backbone=resnet18", "data=synthetic", "data.image_size=32"],
-    "dino-vit": ["objective=dino", *SMALL_VIT, "objective.out_dim=64", "objective.hidden_dim=32"],
+    "dino-vit": ["objective=dino", *SMALL_VIT, "backbone.patch_size=4", "objective.out_dim=64",
+                 "objective.hidden_dim=32"],  # 32 px global and 12 px local crops
     "mlm": ["objective=mlm", "backbone=text_tiny"],
     "mlm-nsp": ["objective=mlm", "backbone=text_tiny", "objective.next_sentence=true"],
     "clip": ["objective=clip", *SMALL_VIT[:2], "data.image_size=32", "backbone.patch_size=8",
@@ -50,7 +51,8 @@ def batch_for(cfg, objective) -> dict[str, torch.Tensor]:
             batch["next_sentence_label"] = torch.tensor([0, 1, 1, 0])
         return batch
     for view in objective.views or [{"key": "image"}]:
-        batch[view["key"]] = torch.randn(BATCH, 3, 32, 32)
+        size = view.get("size") or 32  # multi-crop views have their own size
+        batch[view["key"]] = torch.randn(BATCH, 3, size, size)
     if objective.modality == "image-text":
         batch.update(padded_tokens(cfg.objective.text_tower.vocab_size))
     return batch

@@ -8,6 +8,7 @@ from __future__ import annotations
 import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -118,11 +119,27 @@ class ViT(nn.Module):
         weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)
         return self.vit.patch_embed.norm(F.linear(patches, weight, conv.bias))
 
-    def encode_patches(self, patches: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Encode patches (B, N, p*p*C), or only those at indices `keep` (B, n). Returns (B, prefix + n, D)."""
+    def positions(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The position table for a grid of patches: the model's own at its image size; for other sizes (multi-crop
+        views) the 2-D sin-cos table of that grid, or the learned table resampled to it (bicubic, as timm and
+        DINO do)."""
+        vit = self.vit
+        if tuple(grid) == self.grid:
+            return vit.pos_embed
+        prefix = 0 if vit.no_embed_class else self.num_prefix
+        if not vit.pos_embed.requires_grad:  # sincos: the same function of the position at any grid
+            table = sincos_2d(self.embed_dim, *grid, num_prefix=prefix).unsqueeze(0)
+            return table.to(device=vit.pos_embed.device, dtype=vit.pos_embed.dtype)
+        return resample_abs_pos_embed(vit.pos_embed, new_size=list(grid), old_size=list(self.grid),
+                                      num_prefix_tokens=prefix)
+
+    def encode_patches(self, patches: torch.Tensor, keep: torch.Tensor | None = None,
+                       grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Encode patches (B, N, p*p*C) of a `grid` (the model's by default), or only those at indices `keep`
+        (B, n). Returns (B, prefix + n, D)."""
         vit = self.vit
         b = patches.shape[0]
-        pos = vit.pos_embed
+        pos = self.positions(grid or self.grid)
         prefix_pos = None if vit.no_embed_class else pos[:, : self.num_prefix]
         patch_pos = pos if vit.no_embed_class else pos[:, self.num_prefix :]
         if keep is not None:
@@ -140,8 +157,12 @@ class ViT(nn.Module):
         return vit.norm(x)
 
     def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """All tokens of full images: (B, prefix + N, D)."""
-        return self.encode_patches(self.patchify(images))
+        """All tokens of full images, of the model's size or any other multiple of the patch: (B, prefix + N, D)."""
+        h, w = images.shape[-2:]
+        if h % self.patch_size or w % self.patch_size:
+            raise ConfigError(f"images of {h} x {w} px do not divide into patches of {self.patch_size} px; give views "
+                              f"a size that is a multiple of {self.patch_size}")
+        return self.encode_patches(self.patchify(images), grid=(h // self.patch_size, w // self.patch_size))
 
     def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, D): the class token, or the mean of the patch tokens."""

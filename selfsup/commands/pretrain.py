@@ -53,7 +53,8 @@ def restart_advice(run_dir: Path, cfg: DictConfig) -> str:
     """What to do after a non-finite loss: the last checkpoint whose weights and optimizer state are finite, or,
     when even its weights have blown up, that the model diverged (resuming it would only repeat that)."""
     lr = OmegaConf.select(cfg, "optim.lr")
-    remedy = f"lower optim.lr (now {lr}), set trainer.gradient_clip_val=1.0, or trainer.nonfinite=skip"
+    rate = f"optim.lr (now {lr})" if lr is not None else f"optim.base_lr (now {OmegaConf.select(cfg, 'optim.base_lr')})"
+    remedy = f"lower {rate}, set trainer.gradient_clip_val=1.0, or trainer.nonfinite=skip"
     good = last_good(runs.checkpoint_dir(run_dir))
     if good is None:
         return f"no finite checkpoint to restart from; {remedy} and start again"
@@ -149,7 +150,9 @@ def build_and_train(cfg: DictConfig, run_dir: Path, names: dict[str, str]) -> Pr
             if getattr(callback, "stopped", None) is not None:
                 raise callback.stopped
     except NonFiniteLoss as e:
-        raise NonFiniteLoss(f"{e}; {restart_advice(run_dir, cfg)}") from None
+        # The other processes say only the step: rank zero's launcher ends them as soon as it has the error.
+        advice = restart_advice(run_dir, cfg) if rank_zero else "what to do next is in the first process's message"
+        raise NonFiniteLoss(f"{e}; {advice}") from None
     except RuntimeError as e:
         explained = explain(e, resume)
         if explained is None:

@@ -38,6 +38,7 @@ class ViewSpec:
     """One view an objective asks for (an entry of its config's `views:` list)."""
 
     key: str = "image"
+    size: int | None = None  # the view's side in pixels (multi-crop: small local views); None: the data's image_size
     crop_scale: tuple[float, float] | None = None  # random resized crop; None: resize and centre crop
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.0
@@ -57,6 +58,8 @@ class ViewSpec:
             raise ConfigError(f"unknown view options {sorted(unknown)} in objective.views; known: {sorted(known)}")
         values = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in spec.items()}
         view = cls(**values)
+        if view.size is not None and (not isinstance(view.size, int) or view.size < 1):
+            raise ConfigError(f"objective.views size must be a whole number of pixels of at least 1, got {view.size}")
         if view.crop_scale is not None and not 0 < view.crop_scale[0] <= view.crop_scale[1] <= 1:
             raise ConfigError(f"objective.views crop_scale must satisfy 0 < low <= high <= 1, got {view.crop_scale}")
         return view

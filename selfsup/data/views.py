@@ -57,11 +57,12 @@ def worker_views(specs: list[ViewSpec], size: int, augment_on: str, same_size_so
     if augment_on == "gpu" and same_size_source:
         return {SOURCE: Decoded()}
     stages = "geometric" if augment_on == "gpu" else "all"
-    return {spec.key: OnWorker(CPUView(spec, n, size, stages)) for n, spec in enumerate(specs)}
+    return {spec.key: OnWorker(CPUView(spec, n, spec.size or size, stages)) for n, spec in enumerate(specs)}
 
 
 def eval_views(specs: list[ViewSpec], size: int) -> dict[str, View]:
-    """Deterministic views (resize and centre crop) for validation, pictures and embeddings."""
+    """Deterministic views (resize and centre crop) for validation, pictures and embeddings, all at the data's
+    size (also a multi-crop objective's small views)."""
     return {spec.key: OnWorker(CPUView(ViewSpec(key=spec.key), 0, size)) for spec in specs}
 
 
@@ -70,5 +71,5 @@ def device_views(batch: dict[str, Any], specs: list[ViewSpec], size: int) -> dic
     source = batch.pop(SOURCE, None)
     for n, spec in enumerate(specs):
         images = source if source is not None else batch[spec.key]
-        batch[spec.key] = augment(images, batch["key"], spec, n, size, crop=source is not None)
+        batch[spec.key] = augment(images, batch["key"], spec, n, spec.size or size, crop=source is not None)
     return batch

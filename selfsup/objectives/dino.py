@@ -2,9 +2,8 @@
 view, the centred and sharpened output distribution that an EMA teacher (objectives/ema.py) gives on the other
 global views.
 
-The first two views are the global crops, seen by teacher and student; any further views (local crops) are seen
-by the student only. Views of different sizes (multi-crop) are not produced by the data modules yet: extra views
-must have the data's size for now.
+The first two views are the global crops, seen by teacher and student; any further views (local crops, usually
+smaller: a view's `size`) are seen by the student only. Views of one size go through the backbone together.
 """
 from __future__ import annotations
 
@@ -57,6 +56,17 @@ def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: 
     return torch.stack(terms).mean()
 
 
+def same_size_runs(views: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Consecutive views of one spatial size, in order (global crops, then local crops)."""
+    runs: list[list[torch.Tensor]] = []
+    for view in views:
+        if runs and runs[-1][0].shape[1:] == view.shape[1:]:
+            runs[-1].append(view)
+        else:
+            runs.append([view])
+    return runs
+
+
 def teacher_temperature(step: int, total_steps: int, start: float, end: float, warmup_fraction: float) -> float:
     """Linear from `start` to `end` over the first `warmup_fraction` of the run, then `end`."""
     warmup = warmup_fraction * max(1, total_steps)
@@ -95,15 +105,18 @@ class DINO(Objective):
 
     def forward(self, backbone: nn.Module, batch: dict[str, Any]) -> StepOutput:
         views = [batch[v["key"]] for v in self.views]
-        h = backbone(torch.cat(views))
-        student = self.head(h).chunk(len(views))
+        student, features = [], None
+        for group in same_size_runs(views):  # multi-crop: one backbone pass per size
+            h = backbone(torch.cat(group))
+            features = h[: len(views[0])].detach() if features is None else features
+            student.extend(self.head(h).chunk(len(group)))
         with torch.no_grad():
             teacher = self.teacher["head"](self.teacher["backbone"](torch.cat(views[:GLOBAL_VIEWS])))
-        loss = dino_loss(list(student), list(teacher.chunk(GLOBAL_VIEWS)), self.center, self.student_temp,
+        loss = dino_loss(student, list(teacher.chunk(GLOBAL_VIEWS)), self.center, self.student_temp,
                          self.teacher_temp)
         if self.training:
             self.update_center(teacher)
-        return StepOutput(loss, features=h[: len(views[0])].detach())
+        return StepOutput(loss, features=features)
 
     @torch.no_grad()
     def update_center(self, teacher: torch.Tensor) -> None:

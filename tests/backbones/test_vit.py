@@ -48,3 +48,21 @@ def test_unknown_timm_model_and_non_vit_are_refused():
         ViT("vit_does_not_exist", img_size=32)
     with pytest.raises(ConfigError, match="not a VisionTransformer"):
         ViT("resnet18", img_size=32)
+
+
+@pytest.mark.parametrize("pos_embed", ["sincos", "learned"])
+def test_vit_takes_images_of_another_size_with_their_own_position_table(pos_embed):
+    """Multi-crop: a 12 px view of a 28 px model gets the sin-cos table of its 3 x 3 grid (or the learned table
+    resampled to it); the model's own size is unchanged."""
+    from selfsup.backbones.pos_embed import sincos_2d
+
+    torch.manual_seed(0)
+    vit = ViT("vit_tiny_patch16_224", img_size=28, patch_size=4, in_chans=1, pos_embed=pos_embed, depth=1)
+    assert vit.positions((7, 7)) is vit.vit.pos_embed
+    small = vit.positions((3, 3))
+    assert small.shape == (1, 1 + 9, vit.embed_dim)
+    if pos_embed == "sincos":
+        torch.testing.assert_close(small, sincos_2d(vit.embed_dim, 3, 3, num_prefix=1).unsqueeze(0))
+    assert vit(torch.randn(2, 1, 12, 12)).shape == (2, vit.embed_dim)
+    with pytest.raises(ConfigError, match="do not divide into patches of 4 px"):
+        vit(torch.randn(2, 1, 10, 10))

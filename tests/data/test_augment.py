@@ -136,6 +136,23 @@ def test_both_paths_give_two_different_views_of_the_right_shape_and_the_same_pix
         torch.testing.assert_close(cpu_out[key], gpu_out[key], atol=(0.5 / 255 + 1e-5) / 0.25, rtol=0)
 
 
+def test_multi_crop_views_have_their_own_size_in_both_paths_and_the_same_pixels():
+    """DINO's global and local crops: a view's `size` sets its side in the CPU workers and on the device alike."""
+    views = [{"key": "global1", "crop_scale": [0.32, 1.0], "hflip": 0.5},
+             {"key": "local1", "size": 12, "crop_scale": [0.05, 0.32], "hflip": 0.5,
+              "color_jitter": [0.4, 0.4, 0.2, 0.1]}]
+    out = {}
+    for path in ("cpu", "gpu"):
+        dm = Synthetic(num_samples=64, num_workers=0, batch_size=8, views=views, augment_on=path)
+        dm.setup()
+        out[path] = dm.on_device(dict(next(iter(dm.train_dataloader()))))
+        assert out[path]["global1"].shape == (8, 3, 32, 32) and out[path]["local1"].shape == (8, 3, 12, 12)
+    for key in ("global1", "local1"):
+        torch.testing.assert_close(out["cpu"][key], out["gpu"][key], atol=(0.5 / 255 + 1e-5) / 0.25, rtol=0)
+    with pytest.raises(ConfigError, match="size must be a whole number of pixels"):
+        ViewSpec.parse({"key": "local1", "size": 0})
+
+
 def test_unknown_view_option_is_named():
     with pytest.raises(ConfigError, match="colour_jitter"):
         ViewSpec.parse({"key": "image", "colour_jitter": [0.4, 0.4, 0.4, 0.1]})

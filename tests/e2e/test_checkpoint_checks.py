@@ -174,7 +174,7 @@ def test_last_good_checkpoint_has_a_finite_optimizer_state(run, tmp_path):
     line = error_line(r.stderr)
     assert r.returncode == 2 and "non-finite" in line, line
     good = copy / "checkpoints" / f"step_{STEPS - 2:07d}.ckpt"
-    assert f"last good checkpoint: {good} (step {STEPS - 2})" in line and "lower optim.lr" in line, line
+    assert f"last good checkpoint: {good} (step {STEPS - 2})" in line and "lower optim.base_lr (now" in line, line
 
 
 def test_a_diverged_model_is_called_so_not_resumed(tmp_path):

@@ -158,8 +158,9 @@ def test_nonfinite_loss_on_one_process_stops_every_process_at_that_step(tmp_path
                            "trainer.strategy=ddp", "data.batch_size=16"], timeout=300)
     lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert len(lines) == 2 and lines[0] == lines[1], lines  # each process, the same step
-    assert "non-finite loss at step 5" in lines[0] and "(step 4)" in lines[0]
+    assert 1 <= len(lines) <= 2, lines  # the second process says so too, unless the first one's launcher ends it first
+    assert all("non-finite loss at step 5" in line for line in lines), lines  # each process, the same step
+    assert sum("last good checkpoint" in line and "(step 4)" in line for line in lines) == 1, lines
     assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 4
 
 

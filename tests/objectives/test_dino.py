@@ -120,3 +120,22 @@ def test_bad_settings_are_refused(kwargs, message):
         dino(**kwargs)
     with pytest.raises(ConfigError, match="at least two views"):
         DINO(TinyBackbone(), [{"key": "global1"}])
+
+
+def test_multi_crop_views_of_two_sizes_each_go_through_the_backbone_once_per_size():
+    """2 global crops of 28 px and 2 local crops of 12 px on a ViT: the student's outputs in view order equal
+    per-view passes, and the loss is DINO's over the 2 x 3 pairs."""
+    from selfsup.backbones.vit import ViT
+
+    torch.manual_seed(3)
+    vit = ViT("vit_tiny_patch16_224", img_size=28, patch_size=4, in_chans=1, depth=1)
+    objective = DINO(vit, VIEWS, out_dim=16, hidden_dim=8, bottleneck_dim=4).eval()
+    batch = {"global1": torch.randn(3, 1, 28, 28), "global2": torch.randn(3, 1, 28, 28),
+             "local1": torch.randn(3, 1, 12, 12), "local2": torch.randn(3, 1, 12, 12)}
+    out = objective(vit, batch)
+    with torch.no_grad():
+        student = [objective.head(vit(batch[v["key"]])) for v in VIEWS]
+        teacher = [objective.teacher["head"](objective.teacher["backbone"](batch[k])) for k in ("global1", "global2")]
+    expected = dino_loss(student, teacher, objective.center, 0.1, objective.teacher_temp)
+    torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-5)
+    assert out.features.shape == (3, vit.embed_dim)

@@ -5,6 +5,7 @@ constructor; this module checks the pieces fit together and that the command lin
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -114,8 +115,9 @@ def check_launcher(argv: Sequence[str], config_dir: Path) -> None:
 
 
 def check_run_dir(path: Path) -> None:
-    """A run folder that can be created and written (Hydra creates it before any of our code runs): tried for real
-    (what is missing is created, a file written) and then removed again, so a refused command leaves nothing."""
+    """A run folder that can be created and written, tried for real (what is missing is created, a file written),
+    as the last check before Hydra creates it anyway. What was created is removed again only when the try
+    fails: on success other processes of the same job may already be using the folder."""
     if path.exists() and not path.is_dir():
         raise ConfigError(f"run_dir={path} is a file, not a folder; choose another run_dir")
     existing = next(p for p in (path, *path.parents) if p.exists())
@@ -128,9 +130,8 @@ def check_run_dir(path: Path) -> None:
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as e:
+        for folder in created:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise ConfigError(f"run folder {path} is not writable ({e.strerror}); choose another with "
                           "run_dir=PATH") from None
-    finally:
-        for folder in created:  # deepest first
-            if folder.is_dir():
-                folder.rmdir()

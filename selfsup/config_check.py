@@ -203,8 +203,6 @@ def check_paths(values: dict[str, Any], given: set[str]) -> None:
             raise ConfigError(f"{key}={value}: no such folder; give the folder that holds the data")
         if leaf in ("manifest", "val_manifest") and not Path(value).expanduser().is_file():
             raise ConfigError(f"{key}={value}: no such file; give the manifest (JSON lines or CSV of image, caption)")
-    if "run_dir" in given and isinstance(values.get("run_dir"), str):
-        check_run_dir(Path(values["run_dir"]).expanduser())
     resume = values.get("resume")
     if "resume" in given and isinstance(resume, str) and resume != "auto" and not Path(resume).expanduser().exists():
         raise ConfigError(f"resume={resume}: no checkpoint at {Path(resume).expanduser()}; give a .ckpt file, a run "
@@ -254,6 +252,7 @@ def declared(target: str | None, attr: str, depth: int = 0) -> Any:
 def check_config(config_dir: Path, name: str, argv: Sequence[str], groups: Sequence[str],
                  modalities: Callable[[Any, Callable[[Any, str], Any]], None] | None = None) -> None:
     """Compose `name` as each run of the command line would, and check it (see the module docstring)."""
+    run_dirs: set[Path] = set()
     for run in single_runs(argv):
         overrides = parse(run)
         choices = [o.input_line for o in overrides if is_group_choice(o, groups)]
@@ -265,3 +264,7 @@ def check_config(config_dir: Path, name: str, argv: Sequence[str], groups: Seque
         check_paths(values, given)
         if modalities is not None:
             modalities(cfg, lambda node, attr: declared(node.get("_target_") if node is not None else None, attr))
+        if "run_dir" in given and isinstance(values.get("run_dir"), str):
+            run_dirs.add(Path(values["run_dir"]).expanduser())
+    for run_dir in sorted(run_dirs):  # last, once every run passed: trying it creates the folder
+        check_run_dir(run_dir)

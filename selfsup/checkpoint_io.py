@@ -203,10 +203,10 @@ def last_good(folder: Path) -> tuple[Path, int, float] | None:
     all finite: what a run stopped by a non-finite loss can restart from."""
     for path in newest_first(folder):
         try:
-            checkpoint = load_checkpoint(path)
+            checkpoint = load_training_checkpoint(path)
         except CheckpointError:
             continue
-        if isinstance(checkpoint.get("global_step"), int) and finite(checkpoint):
+        if finite(checkpoint):
             return path, checkpoint["global_step"], largest_weight(checkpoint)
     return None
 

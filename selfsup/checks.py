@@ -6,7 +6,6 @@ constructor; this module checks the pieces fit together and that the command lin
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -16,6 +15,7 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from selfsup.errors import ConfigError
+from selfsup.runs import try_writing
 
 GROUPS = ("backbone", "objective", "data", "trainer", "optim", "logger", "callbacks", "experiment")
 
@@ -125,13 +125,9 @@ def check_run_dir(path: Path) -> None:
         raise ConfigError(f"run_dir={path}: {existing} is a file, not a folder; choose another run_dir")
     created = [p for p in (path, *path.parents) if not p.exists()]
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write_test.{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as e:
+        try_writing(path)
+    except ConfigError:
         for folder in created:  # deepest first
             with contextlib.suppress(OSError):
                 folder.rmdir()
-        raise ConfigError(f"run folder {path} is not writable ({e.strerror}); choose another with "
-                          "run_dir=PATH") from None
+        raise

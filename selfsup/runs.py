@@ -99,8 +99,8 @@ def trim_metrics(run_dir: str | Path, last_step: int) -> int:
     return len(rows) - len(keep)
 
 
-def prepare_run_dir(run_dir: Path, min_free_gb: float) -> None:
-    """Fail before any heavy work when the run folder cannot be written or its disk is (nearly) full."""
+def try_writing(run_dir: Path) -> None:
+    """Create the run folder if needed and write (then remove) a file in it: a one-line ConfigError when it can't."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write_test.{os.getpid()}"
@@ -109,6 +109,11 @@ def prepare_run_dir(run_dir: Path, min_free_gb: float) -> None:
     except OSError as e:
         raise ConfigError(f"run folder {run_dir} is not writable ({e.strerror}); choose another with "
                           "run_dir=PATH") from None
+
+
+def prepare_run_dir(run_dir: Path, min_free_gb: float) -> None:
+    """Fail before any heavy work when the run folder cannot be written or its disk is (nearly) full."""
+    try_writing(run_dir)
     for stale in checkpoint_dir(run_dir).glob(".*.tmp"):  # left by a process killed mid-save
         stale.unlink()
     free_gb = shutil.disk_usage(run_dir).free / 2**30

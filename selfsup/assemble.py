@@ -27,6 +27,7 @@ from selfsup.callbacks.online_monitors import EvalFeatures
 from selfsup.checkpoint_io import AtomicCheckpointIO, CheckpointError, load_training_checkpoint
 from selfsup.checks import target_attr
 from selfsup.console import note
+from selfsup.data.augment import resolve_view_sizes
 from selfsup.data.image_text import Captions
 from selfsup.data.tokenizer import Tokenized, check_resumed_tokenizer, resolve_tokenizer, tokenizer_settings
 from selfsup.errors import ConfigError, SelfsupError, one_line
@@ -104,6 +105,7 @@ def build_pieces(cfg: DictConfig, resumed_run: Path | None = None, bind: bool = 
         cfg.data.tokenizer.path = str(kept)  # a resumed run reads the tokenizer it was trained with, not the cache
     backbone = build(cfg.backbone)
     objective = build(cfg.objective, backbone=backbone)
+    resolve_view_sizes(objective.views, OmegaConf.select(cfg, "data.image_size"), getattr(backbone, "patch_size", 1))
     data = build(cfg.data, views=objective.views, seed=cfg.seed)
     if cfg.get("compile"):
         data.compile_views()
@@ -248,9 +250,10 @@ def build_module(cfg: DictConfig, pieces: Pieces, trainer: pl.Trainer) -> Pretra
     steps_per_epoch = max(1, pieces.data.num_train_samples() // per_step // trainer.accumulate_grad_batches)
     optim = build_optim(cfg, per_step * trainer.accumulate_grad_batches, steps_per_epoch,
                         budget(cfg.trainer, steps_per_epoch))
+    pieces.objective.bind_schedule(steps_per_epoch, optim.total_steps)
     return PretrainModule(pieces.backbone, pieces.objective, optim, compile=cfg.compile,
                           nonfinite=cfg.trainer.get("nonfinite", "stop"),
-                          max_consecutive_skips=cfg.trainer.get("nonfinite_max_consecutive_skips", 10))
+                          max_consecutive_skips=cfg.trainer.get("nonfinite_max_consecutive_skips", 10), seed=cfg.seed)
 
 
 # -- a pretrained run, for evaluation -----------------------------------------------------------------------------
@@ -264,33 +267,35 @@ def verified_checkpoint(path: Path, run_dir: Path) -> dict[str, Any]:
 
 def load_pretrained(path: str | Path | None, eval_model_modality: str | None = None, random_init: bool = False,
                     seed: int = 0) -> Pretrained:
-    """Rebuild the run's backbone from its config.yaml (checked: run folders are data) and load the checkpoint's
-    backbone weights (strictly).
+    """Rebuild the run's backbone and objective from its config.yaml (checked: run folders are data), load the
+    checkpoint's weights (strictly), and return the objective's evaluation model (Objective.eval_model).
 
-    `eval_model_modality`: the objective's eval model instead of the backbone (Objective.eval_model; e.g. a dual
-    encoder, `image-text`), with the objective's weights; a run whose eval model has another modality is a
-    ConfigError. `random_init`: the same architecture at its random initialisation (seeded), no weights
-    loaded: the floor that pretraining must beat, measured by the same protocol on the same data.
+    That is the backbone, or the teacher's copy of it (DINO), or, for a protocol that asks for an
+    `eval_model_modality` (zero-shot: `image-text`), a model of that modality (a dual encoder); a run whose eval
+    model has another modality is a ConfigError. A model of another modality than the backbone's, which a
+    protocol did not ask for, is left aside: kNN on a CLIP run embeds with its image tower. `random_init`: the
+    same architecture at its random initialisation (seeded), no weights loaded: the floor that pretraining must
+    beat, measured by the same protocol on the same data.
     """
     ckpt_path, run_dir = resolve_checkpoint(path)
     run_cfg = runs.trusted_config(run_dir)
     checkpoint = {} if random_init else verified_checkpoint(ckpt_path, run_dir)
     if random_init:
         torch.manual_seed(seed)
-    model = build(run_cfg.backbone)
+    backbone = build(run_cfg.backbone)
     if not random_init:
-        load_weights(model, backbone_state(checkpoint, ckpt_path), ckpt_path, run_dir, "backbone")
-    if eval_model_modality is not None:
-        objective = build(run_cfg.objective, backbone=model)
-        eval_model = objective.eval_model(model)
-        have = getattr(eval_model, "modality", None)
-        if have != eval_model_modality:
-            raise ConfigError(f"{run_dir} was trained with {type(objective).__name__}, whose evaluation model takes "
-                              f"{have} input; this protocol needs an {eval_model_modality} model (a run of an "
-                              f"objective that trains one)")
-        if not random_init:
-            load_weights(objective, objective_state(checkpoint), ckpt_path, run_dir, "objective")
-        model = eval_model
+        load_weights(backbone, backbone_state(checkpoint, ckpt_path), ckpt_path, run_dir, "backbone")
+    objective = build(run_cfg.objective, backbone=backbone)
+    model = objective.eval_model(backbone)
+    have = getattr(model, "modality", None)
+    if eval_model_modality is not None and have != eval_model_modality:
+        raise ConfigError(f"{run_dir} was trained with {type(objective).__name__}, whose evaluation model takes "
+                          f"{have} input; this protocol needs an {eval_model_modality} model (a run of an "
+                          f"objective that trains one)")
+    if eval_model_modality is None and have != getattr(backbone, "modality", None):
+        model = backbone
+    if model is not backbone and not random_init:
+        load_weights(objective, objective_state(checkpoint), ckpt_path, run_dir, "objective")
     return Pretrained(model.eval(), run_cfg, ckpt_path, run_dir, int(checkpoint.get("global_step", 0)))
 
 

@@ -7,6 +7,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from selfsup import keyed_random
 from selfsup.errors import ConfigError, NonFiniteLoss
 from selfsup.objectives.base import Objective
 from selfsup.optim import OptimConfig, build_optimizer, param_groups, warmup_cosine
@@ -37,8 +38,9 @@ class PretrainModule(pl.LightningModule):
     """
 
     def __init__(self, backbone: nn.Module, objective: Objective, optim: OptimConfig, compile: bool = False,
-                 nonfinite: str = "stop", max_consecutive_skips: int = 10) -> None:
+                 nonfinite: str = "stop", max_consecutive_skips: int = 10, seed: int = 0) -> None:
         super().__init__()
+        self.seed = seed
         if nonfinite not in NONFINITE_POLICIES:
             raise ConfigError(f"trainer.nonfinite must be one of {NONFINITE_POLICIES}, got '{nonfinite}'")
         self.backbone = backbone
@@ -52,6 +54,14 @@ class PretrainModule(pl.LightningModule):
         self.register_buffer("skipped_samples", torch.zeros((), dtype=torch.long), persistent=False)
         if compile:  # in place, so parameter names (and checkpoints) are the same with and without it
             self.objective.compile()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Seed torch's generators from (seed, step, micro-batch, rank): what draws from them in the step
+        (stochastic depth, dropout) is then a function of the step, so a resumed run repeats it exactly, however
+        much else drew before. The samples' own randomness (views, masks) is keyed by sample (keyed_random.py)."""
+        micro_batch = batch_idx % self.trainer.accumulate_grad_batches
+        key = keyed_random.combine(keyed_random.combine(self.seed, self.trainer.global_step), micro_batch)
+        torch.manual_seed(int(keyed_random.combine(key, self.trainer.global_rank)))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
         out = self.objective(self.backbone, batch)
@@ -147,9 +157,29 @@ class PretrainModule(pl.LightningModule):
         for name, value in self.objective.compute_validation(reduce_sum).items():
             self.log(f"val/{name}", value, sync_dist=False)
 
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, *args: Any, **kwargs: Any) -> None:
+        """The step's weight decay (optim.weight_decay_end: a cosine, a function of the step and so resumed
+        exactly), the step, then the objective's schedule-driven updates."""
+        if self.optim.weight_decay_end is not None:
+            decay = self.optim.weight_decay_at(self.trainer.global_step)
+            for group in optimizer.param_groups:
+                if group.get("decayed"):
+                    group["weight_decay"] = decay
+        super().optimizer_step(epoch, batch_idx, optimizer, *args, **kwargs)
         self.objective.after_optimizer_step(self.backbone, self.trainer.global_step, self.optim.total_steps)
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """Parameters the objective holds still at this step (Objective.frozen_parameters: DINO's last layer in
+        its first epoch) lose their gradients, so the optimizer skips them, weight decay included."""
+        for p in self.objective.frozen_parameters(self.trainer.global_step):
+            p.grad = None
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """trainer.gradient_clip_val when set, else the recipe's optim.clip_grad_norm (DINO's 3.0)."""
+        if gradient_clip_val is None and self.optim.clip_grad_norm:
+            gradient_clip_val, gradient_clip_algorithm = self.optim.clip_grad_norm, "norm"
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_model(self) -> None:
         """channels_last on GPUs: convolutions (ResNets, patch embeddings) run faster in that layout. Done here,

@@ -12,9 +12,23 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from PIL import Image
+from torch import nn
 
 from selfsup.backbones.vit import ViT
 from selfsup.objectives.mae import MAE
+
+
+class FlatBackbone(nn.Module):
+    """A backbone of one linear layer on flattened (B, 12) inputs: objectives' unit tests need no real network."""
+
+    num_features = 6
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(12, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 # -- tensors and files ---------------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ import torch._dynamo
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from selfsup.data.augment import resolve_view_sizes
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SMALL_VIT = ["backbone=vit_tiny", "+backbone.depth=2", "data=synthetic", "data.channels=3", "data.image_size=32",
              "backbone.patch_size=8"]
@@ -25,6 +27,8 @@ CASES = {
     "byol-resnet": ["objective=byol", "backbone=resnet18", "data=synthetic", "data.image_size=32"],
     "dino-vit": ["objective=dino", *SMALL_VIT, "backbone.patch_size=4", "objective.out_dim=64",
                  "objective.hidden_dim=32"],  # 32 px global and 12 px local crops
+    "dinov2-vit": ["objective=dinov2", *SMALL_VIT, "backbone.patch_size=4", "objective.out_dim=64",
+                   "objective.patch_out_dim=64", "objective.hidden_dim=32"],  # block masks of fixed shapes
     "mlm": ["objective=mlm", "backbone=text_tiny"],
     "mlm-nsp": ["objective=mlm", "backbone=text_tiny", "objective.next_sentence=true"],
     "clip": ["objective=clip", *SMALL_VIT[:2], "data.image_size=32", "backbone.patch_size=8",
@@ -65,6 +69,7 @@ def test_training_step_traces_without_graph_breaks(name):
     torch.manual_seed(0)
     backbone = instantiate(cfg.backbone)
     objective = instantiate(cfg.objective, backbone=backbone, _convert_="all")
+    resolve_view_sizes(objective.views, 32, getattr(backbone, "patch_size", 1))  # as the assembly layer does
     batch = batch_for(cfg, objective)
     eager_loss = objective(backbone, batch).loss
 

@@ -44,8 +44,13 @@ class ViT(nn.Module):
         pos_embed: str = "sincos",
         pool: str = "cls",
         drop_path_rate: float = 0.0,
+        registers: int = 0,
+        layer_scale: float | None = None,
         **timm_kwargs,
     ) -> None:
+        """`registers`: extra learned tokens after [CLS] (Darcet et al. 2024, as DINOv2 uses; timm's reg_tokens);
+        `layer_scale`: the initial value of per-channel residual scales (CaiT, DINOv2: 1e-5; timm's
+        init_values); `drop_path_rate`: stochastic depth."""
         super().__init__()
         if not timm.is_model(name):
             raise ConfigError(f"unknown timm model '{name}' for backbone.name; list ViTs with "
@@ -58,6 +63,16 @@ class ViT(nn.Module):
             )
         if pos_embed not in ("sincos", "learned"):
             raise ConfigError(f"backbone.pos_embed must be 'sincos' or 'learned', got '{pos_embed}'")
+        if isinstance(registers, bool) or not isinstance(registers, int) or registers < 0:
+            raise ConfigError(f"backbone.registers must be a whole number of at least 0, got {registers}")
+        if layer_scale is not None and not layer_scale > 0:
+            raise ConfigError(f"backbone.layer_scale must be positive (DINOv2: 1e-5) or null (none), got {layer_scale}")
+        if not 0 <= drop_path_rate < 1:
+            raise ConfigError(f"backbone.drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        if registers:
+            timm_kwargs["reg_tokens"] = registers
+        if layer_scale is not None:
+            timm_kwargs["init_values"] = layer_scale
         if pool not in ("cls", "mean"):
             raise ConfigError(f"backbone.pool must be 'cls' or 'mean', got '{pool}'")
         not_vit = ConfigError(f"timm model '{name}' is not a VisionTransformer; pick a 'vit_*' model for backbone.name")
@@ -82,6 +97,8 @@ class ViT(nn.Module):
         self.patch_size = patch
         self.in_chans = in_chans
         self.pool = pool
+        self.registers = registers
+        self.layer_scale = layer_scale
         self.grid = (img_size // patch, img_size // patch)
         self.num_patches = self.grid[0] * self.grid[1]
         self.embed_dim = self.vit.embed_dim
@@ -134,9 +151,11 @@ class ViT(nn.Module):
                                       num_prefix_tokens=prefix)
 
     def encode_patches(self, patches: torch.Tensor, keep: torch.Tensor | None = None,
-                       grid: tuple[int, int] | None = None) -> torch.Tensor:
+                       grid: tuple[int, int] | None = None, masked: torch.Tensor | None = None,
+                       mask_token: torch.Tensor | None = None) -> torch.Tensor:
         """Encode patches (B, N, p*p*C) of a `grid` (the model's by default), or only those at indices `keep`
-        (B, n). Returns (B, prefix + n, D)."""
+        (B, n). `masked` (B, N) bool: those patches' embeddings become `mask_token` (D,) before the position
+        is added (iBOT and DINOv2's masked student). Returns (B, prefix + n, D)."""
         vit = self.vit
         b = patches.shape[0]
         pos = self.positions(grid or self.grid)
@@ -145,7 +164,10 @@ class ViT(nn.Module):
         if keep is not None:
             patches = torch.gather(patches, 1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
             patch_pos = torch.gather(patch_pos.expand(b, -1, -1), 1, keep.unsqueeze(-1).expand(-1, -1, self.embed_dim))
-        x = self._project(patches) + patch_pos
+        x = self._project(patches)
+        if masked is not None:
+            x = torch.where(masked.unsqueeze(-1), mask_token.to(x.dtype), x)
+        x = x + patch_pos
         prefix = [t.expand(b, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
         if prefix:
             prefix = torch.cat(prefix, dim=1)
@@ -156,13 +178,16 @@ class ViT(nn.Module):
         x = vit.blocks(x)
         return vit.norm(x)
 
-    def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """All tokens of full images, of the model's size or any other multiple of the patch: (B, prefix + N, D)."""
+    def forward_tokens(self, images: torch.Tensor, masked: torch.Tensor | None = None,
+                       mask_token: torch.Tensor | None = None) -> torch.Tensor:
+        """All tokens of full images, of the model's size or any other multiple of the patch: (B, prefix + N, D);
+        `masked` patches replaced by `mask_token` (see encode_patches)."""
         h, w = images.shape[-2:]
         if h % self.patch_size or w % self.patch_size:
             raise ConfigError(f"images of {h} x {w} px do not divide into patches of {self.patch_size} px; give views "
                               f"a size that is a multiple of {self.patch_size}")
-        return self.encode_patches(self.patchify(images), grid=(h // self.patch_size, w // self.patch_size))
+        return self.encode_patches(self.patchify(images), grid=(h // self.patch_size, w // self.patch_size),
+                                   masked=masked, mask_token=mask_token)
 
     def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, D): the class token, or the mean of the patch tokens."""

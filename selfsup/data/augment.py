@@ -39,6 +39,7 @@ class ViewSpec:
 
     key: str = "image"
     size: int | None = None  # the view's side in pixels (multi-crop: small local views); None: the data's image_size
+    # (a fraction of the image size in a config is made pixels by resolve_view_sizes before the data is built)
     crop_scale: tuple[float, float] | None = None  # random resized crop; None: resize and centre crop
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.0
@@ -59,10 +60,31 @@ class ViewSpec:
         values = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in spec.items()}
         view = cls(**values)
         if view.size is not None and (not isinstance(view.size, int) or view.size < 1):
-            raise ConfigError(f"objective.views size must be a whole number of pixels of at least 1, got {view.size}")
+            raise ConfigError(f"objective.views size must be a whole number of pixels of at least 1 or a fraction of "
+                              f"data.image_size in (0, 1), got {view.size}")
         if view.crop_scale is not None and not 0 < view.crop_scale[0] <= view.crop_scale[1] <= 1:
             raise ConfigError(f"objective.views crop_scale must satisfy 0 < low <= high <= 1, got {view.crop_scale}")
         return view
+
+
+def resolve_view_sizes(views: list[dict[str, Any]], image_size: int | None, multiple: int = 1) -> None:
+    """Make each view's `size` whole pixels that the backbone takes, in place, before the data module is built.
+
+    A fraction in (0, 1) is a share of `image_size`, rounded to the nearest multiple of `multiple` (a ViT's patch):
+    DINO's local crops, 96 of 224 px, are `size: 0.43`, which gives 96 px at 224 / patch 16, 98 px at patch 14,
+    12 px at 28 / patch 4 and 14 px at 28 / patch 7. A size in pixels must already be such a multiple."""
+    for view in views:
+        size = view.get("size")
+        if size is None or isinstance(size, bool):
+            continue
+        key = f"objective.views {view.get('key', '?')} size"
+        if isinstance(size, float) and 0 < size < 1:
+            if image_size is None:
+                raise ConfigError(f"{key} {size} is a fraction of the image size, and the data has none; give pixels")
+            view["size"] = max(multiple, multiple * round(size * image_size / multiple))
+        elif isinstance(size, int) and size >= 1 and size % multiple:
+            raise ConfigError(f"{key} {size} px does not divide into the backbone's {multiple} px patches; give a "
+                              f"multiple of {multiple}, or a fraction of data.image_size (e.g. 0.43), rounded to one")
 
 
 def draws(keys: torch.Tensor, view_number: int) -> torch.Tensor:

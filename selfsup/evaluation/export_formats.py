@@ -52,6 +52,10 @@ def timm_spec(backbone: nn.Module, backbone_cfg: DictConfig) -> dict[str, Any]:
     if isinstance(backbone, ViT):
         kwargs = {"img_size": backbone.img_size, "patch_size": backbone.patch_size, "in_chans": backbone.in_chans,
                   "class_token": True, **_extra_kwargs(backbone_cfg, ViT)}
+        if backbone.registers:
+            kwargs["reg_tokens"] = backbone.registers
+        if backbone.layer_scale is not None:
+            kwargs["init_values"] = backbone.layer_scale
         kwargs.update({"global_pool": "token" if backbone.pool == "cls" else "avg", "fc_norm": False})
         return {"name": backbone.name, "kwargs": kwargs, "cifar_stem": False}
     if isinstance(backbone, ResNet):

@@ -8,16 +8,21 @@ and declares:
   when it differs (CLIP: image-text data, an image backbone). The config checks compare them before anything
   is built.
 - `views`: the view specs the data module must produce for it (a list of dicts with a `key` and augmentation
-  parameters, see selfsup/data/views.py; text objectives need none).
+  parameters, see selfsup/data/views.py; text objectives need none). A spec with `copies: n` stands for n views
+  of its parameters, keyed `{key}1` ... `{key}n` (DINO's local crops), drawn independently.
 - `bind_data(facts)`: called once the data module exists, with its DataFacts (token ids, sequence lengths,
   image size); check the fit and take what the objective needs. Default: nothing.
 - `forward(backbone, batch) -> StepOutput`: the loss, metrics to log, and the pooled features of the first
   view if it has them anyway (the online linear probe trains on them).
-- `after_optimizer_step(backbone, step, total_steps)`: schedule-driven updates (an EMA target); `step_metrics()`:
-  scalars that follow the schedule, logged each step.
-- `eval_model(backbone)`: the model evaluation and the online monitors use. Default: the backbone itself; an
-  objective whose trained model is more than the backbone (CLIP's dual encoder) returns that, with a
-  `modality` of its own so that protocols can tell what it takes.
+- `bind_schedule(steps_per_epoch, total_steps)`: called once the run's length is known, for schedules given in
+  epochs (DINO's teacher-temperature warm-up). `after_optimizer_step(backbone, step, total_steps)`:
+  schedule-driven updates (an EMA target); `step_metrics()`: scalars that follow the schedule, logged each step;
+  `frozen_parameters(step)`: parameters held still at that step (their gradients are dropped before the
+  optimizer step: DINO's last layer during the first epoch).
+- `eval_model(backbone)`: the model evaluation, export and the online monitors use. Default: the backbone itself;
+  a teacher-student objective may return its teacher's copy (DINO, as its papers evaluate); an objective whose
+  trained model is more than the backbone (CLIP's dual encoder) returns that, with a `modality` of its own so
+  that protocols can tell what it takes.
 - Validation metrics of its own, beyond the mean of the per-batch metrics: `reset_validation()`,
   `update_validation(out, batch_size)` per validation batch, and `compute_validation(reduce_sum)` at the end,
   where `reduce_sum` sums a tensor over processes (MLM's perplexity over the whole split). Default: none.
@@ -34,6 +39,7 @@ import torch
 from torch import nn
 
 from selfsup.data_facts import DataFacts
+from selfsup.errors import ConfigError
 
 MODALITIES = ("image", "text", "image-text")
 
@@ -63,7 +69,7 @@ class Objective(nn.Module):
 
     def __init__(self, views: list[dict[str, Any]] | None = None) -> None:
         super().__init__()
-        self.views = [dict(v) for v in (views or [])]
+        self.views = expand_copies(views or [])
 
     def forward(self, backbone: nn.Module, batch: dict[str, Any]) -> StepOutput:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -85,6 +91,13 @@ class Objective(nn.Module):
         """After the validation pass: metrics over the whole split; `reduce_sum` sums a tensor over processes."""
         return {}
 
+    def bind_schedule(self, steps_per_epoch: int, total_steps: int) -> None:
+        """Take the run's length, for schedules given in epochs. Default: nothing."""
+
+    def frozen_parameters(self, step: int) -> list[nn.Parameter]:
+        """Parameters that keep their values at optimizer step `step` (no update, no weight decay)."""
+        return []
+
     def after_optimizer_step(self, backbone: nn.Module, step: int, total_steps: int) -> None:
         """Called after each optimizer step (`step` of `total_steps` done): e.g. BYOL's target update."""
 
@@ -97,3 +110,19 @@ class Objective(nn.Module):
     def visualize(self, backbone: nn.Module, batch: dict[str, Any]) -> torch.Tensor | None:
         """An optional picture of what the objective does on a batch: (3, H, W) floats in [0, 1]."""
         return None
+
+
+def expand_copies(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The view specs with each `copies: n` spec written out as n specs keyed `{key}1` ... `{key}n`."""
+    expanded = []
+    for view in views:
+        view = dict(view)
+        if "copies" not in view:
+            expanded.append(view)
+            continue
+        copies = view.pop("copies")
+        if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+            raise ConfigError(f"objective.views {view.get('key', '?')} copies must be a whole number of at least 1, "
+                              f"got {copies}")
+        expanded.extend({**view, "key": f"{view['key']}{i + 1}"} for i in range(copies))
+    return expanded

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.distributed import rank_and_world
 from selfsup.errors import ConfigError
 from selfsup.objectives.base import Objective, StepOutput
+from selfsup.objectives.centering import Centering
 from selfsup.objectives.ema import EMATeacher
 
 GLOBAL_VIEWS = 2
@@ -45,11 +45,10 @@ class DINOHead(nn.Module):
         return x @ F.normalize(self.prototypes, dim=-1).T
 
 
-def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: torch.Tensor,
-              student_temp: float, teacher_temp: float | torch.Tensor) -> torch.Tensor:
-    """Mean over the pairs (teacher view i, student view j != i) of the cross-entropy between the teacher's centred,
-    sharpened softmax and the student's softmax at `student_temp`; in float32."""
-    targets = [F.softmax((t.float() - center) / teacher_temp, dim=-1) for t in teacher]
+def dino_loss(student: list[torch.Tensor], targets: list[torch.Tensor], student_temp: float) -> torch.Tensor:
+    """Mean over the pairs (teacher view i, student view j != i) of the cross-entropy between the teacher's
+    targets (centred and sharpened distributions, see centering.py) and the student's softmax at `student_temp`;
+    in float32."""
     log_probs = [F.log_softmax(s.float() / student_temp, dim=-1) for s in student]
     terms = [-(target * log_probs[j]).sum(-1).mean() for i, target in enumerate(targets)
              for j in range(len(log_probs)) if j != i]
@@ -67,71 +66,103 @@ def same_size_runs(views: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     return runs
 
 
-def teacher_temperature(step: int, total_steps: int, start: float, end: float, warmup_fraction: float) -> float:
-    """Linear from `start` to `end` over the first `warmup_fraction` of the run, then `end`."""
-    warmup = warmup_fraction * max(1, total_steps)
-    return end if step >= warmup else start + (end - start) * step / warmup
+def teacher_temperature(step: int, warmup_steps: int, start: float, end: float) -> float:
+    """Linear from `start` to `end` over the first `warmup_steps` steps, then `end`."""
+    return end if step >= warmup_steps else start + (end - start) * step / warmup_steps
+
+
+EVALUATED = ("teacher", "student")
 
 
 class DINO(Objective):
     """Student: backbone -> DINO head on every view. Teacher: EMA copy of both, on the global views, without
-    gradients. Centre: EMA (`center_momentum`) of the teacher's batch-mean output over all processes."""
+    gradients. Targets: the teacher's scores centred (`centering`: an EMA centre, or Sinkhorn-Knopp) and sharpened
+    by the teacher temperature, which warms up over `warmup_teacher_temp_epochs` (or a fraction of the run).
+
+    `evaluate`: which backbone evaluation, the online monitors and export use: the teacher (default; the papers
+    evaluate it, and it is the better one) or the student. `freeze_last_layer_epochs`: the prototypes are held
+    still for that long (the paper's first epoch), which keeps the head from collapsing while the teacher is poor.
+    """
 
     modality = "image"
 
     def __init__(self, backbone: nn.Module, views: list[dict[str, Any]], out_dim: int = 65536,
                  hidden_dim: int = 2048, bottleneck_dim: int = 256, student_temp: float = 0.1,
                  teacher_temp: float = 0.07, warmup_teacher_temp: float = 0.04,
-                 warmup_teacher_temp_fraction: float = 0.3, center_momentum: float = 0.9,
-                 base_momentum: float = 0.996) -> None:
+                 warmup_teacher_temp_epochs: float | None = None, warmup_teacher_temp_fraction: float = 0.3,
+                 centering: str = "ema", center_momentum: float = 0.9, sinkhorn_iterations: int = 3,
+                 base_momentum: float = 0.996, freeze_last_layer_epochs: float = 1.0,
+                 evaluate: str = "teacher") -> None:
         super().__init__(views)
         if len(self.views) < GLOBAL_VIEWS:
-            raise ConfigError(f"DINO needs at least two views (the global crops) in objective.views, got "
-                              f"{len(self.views)}")
+            raise ConfigError(f"{type(self).__name__} needs at least two views (the global crops) in "
+                              f"objective.views, got {len(self.views)}")
         for name, value in (("student_temp", student_temp), ("teacher_temp", teacher_temp),
                             ("warmup_teacher_temp", warmup_teacher_temp)):
             if value <= 0:
                 raise ConfigError(f"objective.{name} must be positive, got {value}")
-        if not 0 <= warmup_teacher_temp_fraction <= 1 or not 0 <= center_momentum < 1:
-            raise ConfigError("objective.warmup_teacher_temp_fraction must be in [0, 1] and objective.center_momentum "
-                              f"in [0, 1), got {warmup_teacher_temp_fraction} and {center_momentum}")
+        if not 0 <= warmup_teacher_temp_fraction <= 1:
+            raise ConfigError(f"objective.warmup_teacher_temp_fraction must be in [0, 1], got "
+                              f"{warmup_teacher_temp_fraction}")
+        for name, value in (("warmup_teacher_temp_epochs", warmup_teacher_temp_epochs or 0),
+                            ("freeze_last_layer_epochs", freeze_last_layer_epochs)):
+            if value < 0:
+                raise ConfigError(f"objective.{name} must be at least 0, got {value}")
+        if evaluate not in EVALUATED:
+            raise ConfigError(f"objective.evaluate must be teacher or student, got '{evaluate}'")
         self.student_temp = student_temp
-        self.temperatures = (warmup_teacher_temp, teacher_temp, warmup_teacher_temp_fraction)
-        self.center_momentum = center_momentum
+        self.temperatures = (warmup_teacher_temp, teacher_temp)
+        self.warmup = (warmup_teacher_temp_epochs, warmup_teacher_temp_fraction)
+        self.freeze_last_layer_epochs = freeze_last_layer_epochs
+        self.evaluate = evaluate
+        self.schedule = (1, 1)  # steps per epoch, total steps: bind_schedule sets them
         self.head = DINOHead(backbone.num_features, out_dim, hidden_dim, bottleneck_dim)
-        self.teacher = EMATeacher({"backbone": backbone, "head": self.head}, base_momentum)
-        self.register_buffer("center", torch.zeros(1, out_dim))
+        self.centering = Centering(centering, out_dim, center_momentum, sinkhorn_iterations)
+        # DINO's own pair: a subclass's students() names modules it makes later, and adds with teacher.follow
+        self.teacher = EMATeacher(DINO.students(self, backbone), base_momentum)
         self.register_buffer("teacher_temp", torch.tensor(float(warmup_teacher_temp)))
+
+    def students(self, backbone: nn.Module) -> dict[str, nn.Module]:
+        """The student modules the teacher follows, by name (a subclass adds its own with `teacher.follow`)."""
+        return {"backbone": backbone, "head": self.head}
+
+    def bind_schedule(self, steps_per_epoch: int, total_steps: int) -> None:
+        self.schedule = (steps_per_epoch, total_steps)
+        self.teacher_temp.fill_(self.teacher_temperature(0))
+
+    def teacher_temperature(self, step: int) -> float:
+        steps_per_epoch, total_steps = self.schedule
+        epochs, fraction = self.warmup
+        warmup = epochs * steps_per_epoch if epochs is not None else fraction * total_steps
+        return teacher_temperature(step, max(1, round(warmup)), *self.temperatures)
+
+    def frozen_parameters(self, step: int) -> list[nn.Parameter]:
+        return [self.head.prototypes] if step < round(self.freeze_last_layer_epochs * self.schedule[0]) else []
+
+    def eval_model(self, backbone: nn.Module) -> nn.Module:
+        return self.teacher["backbone"] if self.evaluate == "teacher" else backbone
 
     def forward(self, backbone: nn.Module, batch: dict[str, Any]) -> StepOutput:
         views = [batch[v["key"]] for v in self.views]
-        student, features = [], None
+        student, first = [], None
         for group in same_size_runs(views):  # multi-crop: one backbone pass per size
             h = backbone(torch.cat(group))
-            features = h[: len(views[0])].detach() if features is None else features
+            first = h[: len(views[0])] if first is None else first
             student.extend(self.head(h).chunk(len(group)))
         with torch.no_grad():
-            teacher = self.teacher["head"](self.teacher["backbone"](torch.cat(views[:GLOBAL_VIEWS])))
-        loss = dino_loss(student, list(teacher.chunk(GLOBAL_VIEWS)), self.center, self.student_temp,
-                         self.teacher_temp)
+            features = self.teacher["backbone"](torch.cat(views[:GLOBAL_VIEWS]))
+            teacher = self.teacher["head"](features)
+        targets = self.centering.targets(teacher, self.teacher_temp)
+        loss = dino_loss(student, list(targets.chunk(GLOBAL_VIEWS)), self.student_temp)
         if self.training:
-            self.update_center(teacher)
-        return StepOutput(loss, features=features)
-
-    @torch.no_grad()
-    def update_center(self, teacher: torch.Tensor) -> None:
-        """center <- m center + (1 - m) mean of the teacher outputs of the global batch."""
-        batch_sum = teacher.float().sum(0, keepdim=True)
-        count = torch.tensor(float(len(teacher)), device=teacher.device)
-        if rank_and_world()[1] > 1:
-            torch.distributed.all_reduce(batch_sum)
-            torch.distributed.all_reduce(count)
-        self.center.mul_(self.center_momentum).add_(batch_sum / count, alpha=1 - self.center_momentum)
+            self.centering.update(teacher)
+        evaluated = features[: len(views[0])] if self.evaluate == "teacher" else first.detach()
+        return StepOutput(loss, features=evaluated)
 
     def step_metrics(self) -> dict[str, torch.Tensor]:
         return {"teacher_temp": self.teacher_temp, "teacher_momentum": self.teacher.momentum}
 
     def after_optimizer_step(self, backbone: nn.Module, step: int, total_steps: int) -> None:
         """The teacher follows the student (EMA); the teacher temperature follows its warm-up."""
-        self.teacher.update({"backbone": backbone, "head": self.head}, step, total_steps)
-        self.teacher_temp.fill_(teacher_temperature(step, total_steps, *self.temperatures))
+        self.teacher.update(self.students(backbone), step, total_steps)
+        self.teacher_temp.fill_(self.teacher_temperature(step))

@@ -2,24 +2,37 @@
 copies of some of the student's modules, moved after each optimizer step towards the student by an exponential
 moving average whose momentum follows a cosine from `base` to `final` over the run.
 
-The copies are ordinary parameters without gradients, so checkpoints hold them and a resumed run continues them
-exactly; the momentum is a function of the step, so it needs no state of its own.
+The copies keep the student's train/eval mode (a ResNet teacher normalises with its batch's statistics, as BYOL's
+and DINO's do) but drop no paths or units. They are ordinary parameters without gradients, so checkpoints hold
+them and a resumed run continues them exactly; the momentum is a function of the step, so it needs no state of
+its own.
 """
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
 
 from selfsup.errors import ConfigError
+from selfsup.optim import cosine_ramp
 
 
 def cosine_momentum(step: int, total_steps: int, base: float, final: float = 1.0) -> float:
-    """final - (final - base) (cos(pi k / K) + 1) / 2: `base` at step 0, `final` at the last step."""
-    progress = min(max(step / max(1, total_steps), 0.0), 1.0)
-    return final - (final - base) * (math.cos(math.pi * progress) + 1) / 2
+    """`base` at step 0, rising on a half cosine to `final` at the last step."""
+    return cosine_ramp(step, total_steps, base, final)
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A copy that takes no gradients and is never thinned: DINO's and DINOv2's teachers have no stochastic depth
+    (timm's DropPath) and no dropout."""
+    twin = copy.deepcopy(module).requires_grad_(False)
+    for part in twin.modules():
+        if hasattr(part, "drop_prob"):
+            part.drop_prob = 0.0
+        elif isinstance(part, nn.Dropout):
+            part.p = 0.0
+    return twin
 
 
 class EMATeacher(nn.Module):
@@ -33,9 +46,13 @@ class EMATeacher(nn.Module):
                               f"got {base_momentum}")
         self.base_momentum = base_momentum
         self.final_momentum = final_momentum
-        self.copies = nn.ModuleDict({name: copy.deepcopy(m).requires_grad_(False) for name, m in students.items()})
+        self.copies = nn.ModuleDict({name: frozen_copy(m) for name, m in students.items()})
         # the current momentum, on the device for logging: a Python float would be copied there every step (a sync)
         self.register_buffer("momentum", torch.tensor(float(base_momentum)), persistent=False)
+
+    def follow(self, name: str, student: nn.Module) -> None:
+        """Add a frozen copy of one more student module (a subclass's extra head)."""
+        self.copies[name] = frozen_copy(student)
 
     def __getitem__(self, name: str) -> nn.Module:
         return self.copies[name]

@@ -25,13 +25,22 @@ def param_groups(modules: dict[str, nn.Module], weight_decay: float) -> list[dic
                 continue
             skip = p.ndim <= 1 or name in explicit or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
             (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
+    return [{"params": decay, "weight_decay": weight_decay, "decayed": True},
             {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}]
 
 
-def scaled_lr(base_lr: float, global_batch: int, reference_batch: int = 256) -> float:
-    """The linear scaling rule (Goyal et al. 2017) used by MAE, SimCLR and BYOL: lr = base_lr * B / 256."""
-    return base_lr * global_batch / reference_batch
+LR_SCALINGS = ("linear", "sqrt")
+
+
+def scaled_lr(base_lr: float, global_batch: int, reference_batch: int = 256, rule: str = "linear") -> float:
+    """The linear scaling rule (Goyal et al. 2017) used by MAE, SimCLR, BYOL and DINO: lr = base_lr * B / 256;
+    or the square-root rule DINOv2 uses: lr = base_lr * sqrt(B / 1024) (with reference_batch 1024)."""
+    if rule not in LR_SCALINGS:
+        raise ConfigError(f"optim.lr_scaling must be linear or sqrt, got '{rule}'")
+    if reference_batch < 1:
+        raise ConfigError(f"optim.reference_batch must be a positive batch size, got {reference_batch}")
+    ratio = global_batch / reference_batch
+    return base_lr * (ratio if rule == "linear" else math.sqrt(ratio))
 
 
 OPTIMIZERS = ("adamw", "lars", "sgd")
@@ -52,6 +61,13 @@ def build_optimizer(name: str, groups: list[dict[str, Any]], lr: float, betas: I
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused or None)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+def cosine_ramp(step: int, total_steps: int, start: float, end: float) -> float:
+    """end - (end - start) (cos(pi k / K) + 1) / 2: `start` at step 0, `end` from the last step on (DINO's
+    weight-decay and teacher-momentum schedules)."""
+    progress = min(max(step / max(1, total_steps), 0.0), 1.0)
+    return end - (end - start) * (math.cos(math.pi * progress) + 1) / 2
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
@@ -79,23 +95,34 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = 0.9
     trust_coefficient: float = 0.001
+    weight_decay_end: float | None = None  # weight decay on a cosine from weight_decay to this (DINO: 0.04 -> 0.4)
+    clip_grad_norm: float | None = None  # clip the gradients' global norm to this (unless trainer.gradient_clip_val)
+
+    def weight_decay_at(self, step: int) -> float:
+        if self.weight_decay_end is None:
+            return self.weight_decay
+        return cosine_ramp(step, self.total_steps, self.weight_decay, self.weight_decay_end)
 
     @classmethod
     def from_recipe(cls, *, global_batch: int, steps_per_epoch: int, total_steps: int, name: str = "adamw",
                     base_lr: float | None = None, lr: float | None = None, weight_decay: float = 0.0,
                     betas: Iterable[float] = (0.9, 0.999), momentum: float = 0.9, trust_coefficient: float = 0.001,
                     warmup_epochs: float | None = None, warmup_fraction: float = 0.0,
-                    min_lr: float = 0.0) -> "OptimConfig":
+                    min_lr: float = 0.0, weight_decay_end: float | None = None,
+                    clip_grad_norm: float | None = None, lr_scaling: str = "linear",
+                    reference_batch: int = 256) -> "OptimConfig":
         """The recipe of an `optim/` config (built with `_partial_: true`), resolved for the run's global batch
-        and length: lr = base_lr x global_batch / 256 unless `lr` is given; warm-up in epochs or as a fraction."""
+        and length: lr = base_lr scaled from `reference_batch` to global_batch by `lr_scaling` (see scaled_lr)
+        unless `lr` is given; warm-up in epochs or as a fraction."""
         check_optimizer_name(name)
         if lr is None and base_lr is None:
             raise ConfigError("set optim.base_lr (scaled by the global batch) or optim.lr (used as is)")
-        lr = lr or scaled_lr(base_lr, global_batch)
+        lr = lr or scaled_lr(base_lr, global_batch, reference_batch, lr_scaling)
         if warmup_epochs is not None:
             warmup = round(warmup_epochs * steps_per_epoch)
         else:
             warmup = round(warmup_fraction * total_steps)
         return cls(name=name, lr=lr, weight_decay=weight_decay, warmup_steps=min(warmup, total_steps),
                    total_steps=total_steps, min_lr_ratio=min_lr / lr, betas=tuple(betas), momentum=momentum,
-                   trust_coefficient=trust_coefficient)
+                   trust_coefficient=trust_coefficient, weight_decay_end=weight_decay_end,
+                   clip_grad_norm=clip_grad_norm)

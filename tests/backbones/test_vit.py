@@ -66,3 +66,29 @@ def test_vit_takes_images_of_another_size_with_their_own_position_table(pos_embe
     assert vit(torch.randn(2, 1, 12, 12)).shape == (2, vit.embed_dim)
     with pytest.raises(ConfigError, match="do not divide into patches of 4 px"):
         vit(torch.randn(2, 1, 10, 10))
+
+
+def test_registers_and_layer_scale_are_timms_and_the_class_token_still_pools():
+    torch.manual_seed(1)
+    vit = ViT("vit_tiny_patch16_224", img_size=28, patch_size=4, in_chans=1, depth=2, registers=4,
+              layer_scale=1e-5, pos_embed="learned").eval()
+    assert vit.num_prefix == 5 and vit.vit.reg_token.shape == (1, 4, vit.embed_dim)
+    assert float(vit.vit.blocks[0].ls1.gamma.detach().abs().max()) == pytest.approx(1e-5)
+    x = torch.randn(2, 1, 28, 28)
+    tokens = vit.forward_tokens(x)
+    assert tokens.shape == (2, 5 + 49, vit.embed_dim)
+    torch.testing.assert_close(tokens, vit.vit.forward_features(x))
+    torch.testing.assert_close(vit(x), tokens[:, 0])
+    with pytest.raises(ConfigError, match="backbone.registers"):
+        ViT("vit_tiny_patch16_224", img_size=28, registers=-1)
+
+
+def test_masked_patches_become_the_mask_token_before_the_position():
+    """Every patch masked: the tokens no longer depend on the image; none masked: the plain forward."""
+    torch.manual_seed(2)
+    vit = ViT("vit_tiny_patch16_224", img_size=28, patch_size=4, in_chans=1, depth=1).eval()
+    token = torch.randn(vit.embed_dim)
+    a, b = torch.randn(2, 1, 28, 28), torch.randn(2, 1, 28, 28)
+    every = torch.ones(2, 49, dtype=torch.bool)
+    torch.testing.assert_close(vit.forward_tokens(a, every, token), vit.forward_tokens(b, every, token))
+    torch.testing.assert_close(vit.forward_tokens(a, ~every, token), vit.forward_tokens(a))

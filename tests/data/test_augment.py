@@ -197,3 +197,49 @@ def test_compiled_gpu_views_equal_the_eager_ones():
     assert counters["stats"]["unique_graphs"] == graphs + 1  # both views in one graph
     for key in ("view1", "view2"):
         torch.testing.assert_close(compiled[key], eager[key], atol=1e-4, rtol=0)
+
+
+def dino_views(image_size: int, patch: int) -> list[ViewSpec]:
+    """The views of configs/objective/dino.yaml, written out and sized as the assembly layer does."""
+    from omegaconf import OmegaConf
+
+    from selfsup.objectives.base import expand_copies
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    views = expand_copies(OmegaConf.to_container(OmegaConf.load(root / "configs/objective/dino.yaml").views))
+    A.resolve_view_sizes(views, image_size, patch)
+    return [ViewSpec.parse(v) for v in views]
+
+
+def test_dinos_views_are_two_globals_and_four_locals_with_the_papers_parameters():
+    specs = dino_views(224, 16)
+    assert [s.key for s in specs] == ["global1", "global2", "local1", "local2", "local3", "local4"]
+    assert [s.size for s in specs] == [None, None, 96, 96, 96, 96]
+    assert [s.blur_p for s in specs] == [1.0, 0.1, 0.5, 0.5, 0.5, 0.5]
+    assert [s.solarize_p for s in specs] == [0.0, 0.2, 0.0, 0.0, 0.0, 0.0]
+    assert {s.crop_scale for s in specs} == {(0.32, 1.0), (0.05, 0.32)}
+    assert [s.size for s in dino_views(28, 4)[2:3]] == [12] and [s.size for s in dino_views(224, 14)[2:3]] == [98]
+
+
+@pytest.mark.parametrize("view", [0, 1, 2])
+def test_dinos_views_on_the_device_equal_the_workers_per_sample(view):
+    """Each DINO view (global 1 with blur always, global 2 with solarize, a local crop) has the same per-sample
+    parameters, so the same distribution, in both augmentation paths; at 96 px, where blur applies."""
+    spec = dino_views(96, 8)[view]
+    size = spec.size or 96
+    images = torch.randint(0, 256, (6, 3, 96, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(view))
+    batched = A.augment(images, keys(6), spec, view, size)
+    assert batched.shape == (6, 3, size, size)
+    for i in range(6):
+        cpu = A.CPUView(spec, view, size)(images[i], int(keys(6)[i]))
+        torch.testing.assert_close(cpu.float() / 255, batched[i], atol=0.5 / 255 + 1e-5, rtol=0)
+
+
+def test_view_sizes_resolve_to_patch_multiples_and_bad_ones_are_named():
+    views = [{"key": "a", "size": 0.43}, {"key": "b", "size": 12}, {"key": "c"}]
+    A.resolve_view_sizes(views, 28, 4)
+    assert [v.get("size") for v in views] == [12, 12, None]
+    with pytest.raises(ConfigError, match="13 px does not divide into the backbone's 4 px patches"):
+        A.resolve_view_sizes([{"key": "a", "size": 13}], 28, 4)
+    with pytest.raises(ConfigError, match="fraction of the image size, and the data has none"):
+        A.resolve_view_sizes([{"key": "a", "size": 0.5}], None, 4)

@@ -171,9 +171,14 @@ def data_choices(command: Command) -> set[str]:
     """The data config(s) the command trains on: its data=, else its objectives' defaults."""
     if command.value("data"):
         return set(command.value("data").split(","))
-    texts = [(ROOT / "configs" / "objective" / f"{o}.yaml").read_text()
-             for o in (command.value("objective") or "mae").split(",")]
-    return {re.search(r"override /data@_global_\.data: (\w+)", text).group(1) for text in texts}
+    return {objective_data(o) for o in (command.value("objective") or "mae").split(",")}
+
+
+def objective_data(objective: str) -> str:
+    """The data config an objective's defaults pick, or the one of the objective it inherits (dinov2: dino)."""
+    text = (ROOT / "configs" / "objective" / f"{objective}.yaml").read_text()
+    found = re.search(r"override /data@_global_\.data: (\w+)", text)
+    return found.group(1) if found else objective_data(re.search(r"^  - (\w+)$", text, re.MULTILINE).group(1))
 
 
 def budget(command: Command, state: dict) -> list[str]:

@@ -12,15 +12,21 @@ from selfsup.backbones.resnet import ResNet
 from selfsup.backbones.vit import ViT
 from selfsup.checkpoint_io import atomic_save
 
+MAE = {"_target_": "selfsup.objectives.mae.MAE"}
+SIMCLR = {"_target_": "selfsup.objectives.simclr.SimCLR", "views": [{"key": "view1"}, {"key": "view2"}]}
+MLM = {"_target_": "selfsup.objectives.mlm.MLM"}
 
-def fake_run(tmp_path: Path, backbone_node: dict, backbone, data_node: dict | None = None) -> Path:
-    """A run folder as train.py leaves it: config.yaml and checkpoints/last.ckpt with `backbone.*` weights."""
+
+def fake_run(tmp_path: Path, backbone_node: dict, backbone, data_node: dict | None = None,
+             objective: dict = MAE) -> Path:
+    """A run folder as train.py leaves it: config.yaml and checkpoints/last.ckpt with `backbone.*` weights (the
+    objective is rebuilt, to ask it for its evaluation model, but its own weights are not needed)."""
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     data_node = data_node or {"_target_": "selfsup.data.synthetic.Synthetic", "image_size": 32, "channels": 3,
                               "num_samples": 64, "num_val_samples": 32, "batch_size": 16, "num_workers": 0}
     OmegaConf.save(OmegaConf.create({"seed": 0, "backbone": backbone_node, "data": data_node,
-                                     "objective": {"_target_": "selfsup.objectives.mae.MAE"}}), run / "config.yaml")
+                                     "objective": objective}), run / "config.yaml")
     state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     atomic_save({"state_dict": state, "global_step": 7}, run / "checkpoints" / "last.ckpt")
     return run
@@ -70,7 +76,7 @@ def test_resnet_export_loads_in_timm_with_identical_features(tmp_path, cifar_ste
             "cifar_stem": cifar_stem}
     backbone = ResNet("resnet18", img_size=32, in_chans=3, cifar_stem=cifar_stem)
     randomize(backbone)
-    run = fake_run(tmp_path, node, backbone)
+    run = fake_run(tmp_path, node, backbone, objective=SIMCLR)
     config = export(run, tmp_path / "export")
     assert config["cifar_stem"] is cifar_stem
     images = torch.randn(2, 3, 32, 32)
@@ -101,7 +107,7 @@ def test_text_export_keeps_weights_and_tokenizer(tmp_path):
     text = TextTransformer(**kwargs)
     run = fake_run(tmp_path, {"_target_": "selfsup.backbones.text_transformer.TextTransformer", **kwargs}, text,
                    {"_target_": "selfsup.data.text_corpora.TextFiles", "root": str(tmp_path),
-                    "tokenizer": {"path": str(tmp_path / "tok.json"), "lowercase": True}})
+                    "tokenizer": {"path": str(tmp_path / "tok.json"), "lowercase": True}}, objective=MLM)
     export(run, tmp_path / "export")
     assert (tmp_path / "export" / "tokenizer.json").is_file()
     model, tok = load_text_encoder(tmp_path / "export")

@@ -59,7 +59,8 @@ def test_loss_equals_the_brute_force_reference_and_ignores_visible_patches(norm_
     changed[0, keep[0, 0]] += 100.0  # a visible patch's target
     assert torch.equal(reconstruction_loss(pred_masked, changed, masked, norm_pix), loss)
     changed = patches.clone()
-    changed[0, masked[0, 0]] += 100.0  # a masked patch's target
+    changed[0, masked[0, 0]] += torch.linspace(0, 100, p)  # a masked patch's target (not a constant shift, which
+    # normalised pixels ignore)
     assert not torch.equal(reconstruction_loss(pred_masked, changed, masked, norm_pix), loss)
 
 

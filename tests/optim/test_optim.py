@@ -5,6 +5,7 @@ import pytest
 from helpers import tiny_vit_and_mae as tiny
 
 from selfsup.backbones.vit import ViT
+from selfsup.errors import ConfigError
 from selfsup.optim import OptimConfig, param_groups, scaled_lr, warmup_cosine
 
 
@@ -44,3 +45,12 @@ def test_lr_scales_with_the_global_batch():
     assert o.lr == pytest.approx(2e-3) and o.warmup_steps == 200
     o = OptimConfig.from_recipe(**{**cfg, "lr": 0.01}, global_batch=512, steps_per_epoch=100, total_steps=1000)
     assert o.lr == 0.01
+
+
+def test_the_square_root_rule_and_a_bad_rule():
+    assert scaled_lr(2e-4, 4096, 1024, "sqrt") == pytest.approx(4e-4)  # DINOv2: base 2e-4 at batch 1024
+    o = OptimConfig.from_recipe(name="adamw", base_lr=2e-4, lr_scaling="sqrt", reference_batch=1024, global_batch=256,
+                                steps_per_epoch=10, total_steps=100)
+    assert o.lr == pytest.approx(1e-4)
+    with pytest.raises(ConfigError, match="optim.lr_scaling must be linear or sqrt"):
+        scaled_lr(1e-3, 256, rule="cubic")

@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import json
+import socket
 from pathlib import Path
 
 import torch
@@ -29,6 +30,13 @@ class FlatBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def free_port() -> int:
+    """A free TCP port on localhost, for a test's torch.distributed group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # -- tensors and files ---------------------------------------------------------------------------------------------

@@ -3,10 +3,14 @@ EMA centre."""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import free_port
 
 from selfsup.errors import ConfigError
 from selfsup.objectives.centering import Centering, sinkhorn_knopp
@@ -64,3 +68,30 @@ def test_the_weighted_centre_is_the_ema_of_the_real_rows_mean():
 def test_bad_centering_settings_are_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         Centering(**{"mode": "sinkhorn_knopp", "dim": 4, **kwargs})
+
+
+def _half_batch_worker(rank: int, world: int, port: int, scores: torch.Tensor, weights: torch.Tensor,
+                       out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    mine, my_weights = scores[rank::world], weights[rank::world]  # rank r holds every world-th sample
+    centering = Centering("ema", scores.shape[1], momentum=0.5)
+    centering.update(mine, my_weights)
+    out[rank] = (sinkhorn_knopp(mine, 0.1, 3, my_weights), centering.center.clone())
+    dist.destroy_process_group()
+
+
+def test_two_processes_with_half_batches_give_one_process_targets_and_centre():
+    """Sinkhorn-Knopp and the EMA centre sum over all processes: each rank's rows of the targets, and the
+    centre, are what one process computes on the whole batch (padding rows included)."""
+    torch.manual_seed(2)
+    scores, weights = torch.randn(10, 6), torch.tensor([1.0, 1, 0, 1, 1, 1, 0, 1, 1, 1])
+    out = mp.Manager().dict()
+    mp.spawn(_half_batch_worker, args=(2, free_port(), scores, weights, out), nprocs=2)
+    whole = sinkhorn_knopp(scores, 0.1, 3, weights)
+    centering = Centering("ema", 6, momentum=0.5)
+    centering.update(scores, weights)
+    for rank in range(2):
+        targets, center = out[rank]
+        torch.testing.assert_close(targets, whole[rank::2], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(center, centering.center)

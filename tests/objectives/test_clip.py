@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import unit
+from helpers import free_port, unit
 
 from selfsup.backbones.text_transformer import TextTransformer
 from selfsup.errors import ConfigError
@@ -51,12 +50,6 @@ def test_clip_loss_is_symmetric_in_images_and_texts():
     assert image_acc == text_acc == 1.0 and matched < loss
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _gathered_clip_worker(rank: int, world: int, port: int, images: torch.Tensor, texts: torch.Tensor,
                           out: dict, compiled: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -80,7 +73,7 @@ def test_gathered_negatives_give_the_single_process_loss_and_gradients(compiled)
     world = 2
     images, texts = unit(12, 6, 5), unit(12, 6, 6)
     out = mp.Manager().dict()
-    mp.spawn(_gathered_clip_worker, args=(world, _free_port(), images, texts, out, compiled), nprocs=world)
+    mp.spawn(_gathered_clip_worker, args=(world, free_port(), images, texts, out, compiled), nprocs=world)
     a, b = images.clone().requires_grad_(True), texts.clone().requires_grad_(True)
     log_scale = torch.tensor(math.log(1 / 0.07), requires_grad=True)
     loss, _, _ = clip_loss(a, b, log_scale.exp())

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import free_port
 from torch import nn
 
 from selfsup.errors import ConfigError
@@ -42,12 +42,6 @@ def test_nt_xent_equals_the_brute_force_reference(t):
     assert accuracy_same == 1.0 and loss_same < loss
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _gathered_nt_xent_worker(rank: int, world: int, port: int, z1: torch.Tensor, z2: torch.Tensor, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -69,7 +63,7 @@ def test_gathered_negatives_give_the_single_process_loss_and_gradients():
     world = 2
     z1, z2 = torch.randn(8, 5), torch.randn(8, 5)
     out = mp.Manager().dict()
-    mp.spawn(_gathered_nt_xent_worker, args=(world, _free_port(), z1, z2, out), nprocs=world)
+    mp.spawn(_gathered_nt_xent_worker, args=(world, free_port(), z1, z2, out), nprocs=world)
     a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
     loss, _ = nt_xent(a, b, 0.2)
     loss.backward()

@@ -1,4 +1,5 @@
-"""Collectives that keep gradients: what contrastive losses need for negatives from every GPU."""
+"""Collectives: those that keep gradients (what contrastive losses need for negatives from every GPU), and the
+in-place sums that make statistics global (self-distillation's centre and Sinkhorn-Knopp)."""
 from __future__ import annotations
 
 import torch
@@ -9,6 +10,13 @@ def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """`t` summed over all processes, in place (no gradient); `t` itself in a single process."""
+    if rank_and_world()[1] > 1:
+        dist.all_reduce(t)
+    return t
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:

@@ -11,16 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.distributed import rank_and_world
+from selfsup.distributed import all_reduce_sum
 from selfsup.errors import ConfigError
 
 CENTERINGS = ("ema", "sinkhorn_knopp")
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if rank_and_world()[1] > 1:
-        torch.distributed.all_reduce(t)
-    return t
 
 
 @torch.no_grad()

@@ -140,15 +140,14 @@ class DINOv2(DINO):
         frozen = super().frozen_parameters(step)
         return frozen + [self.patch_head.prototypes] if frozen and self.patch_key == "patch_head" else frozen
 
-    def masks(self, batch: dict[str, Any], crops: int, grid: tuple[int, int],
+    def masks(self, batch: dict[str, Any], size: int, grid: tuple[int, int],
               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Block masks of the global crops, view by view (cat order), keyed by (sample, view) where the batch has
-        keys."""
+        """Block masks of the global crops of `size` samples, view by view (cat order), keyed by (sample, view)
+        where the batch has keys."""
         n = grid[0] * grid[1]
         slots = math.floor(self.mask_ratio[1] * n + 0.5)
         numbers = 2 + 4 * BLOCKS_PER_MASK + n
         keys = batch.get("key")
-        size = crops // GLOBAL_VIEWS
         noise = torch.cat([keyed_random.per_sample_uniform(
             None if keys is None else keyed_random.combine(keys.to(device), view), size, numbers,
             keyed_random.BLOCK_MASK_STREAM, device) for view in range(GLOBAL_VIEWS)])
@@ -159,7 +158,7 @@ class DINOv2(DINO):
         global_crops = torch.cat(views[:GLOBAL_VIEWS])
         patch = backbone.patch_size
         grid = (global_crops.shape[-2] // patch, global_crops.shape[-1] // patch)
-        masked, slots, valid = self.masks(batch, len(global_crops), grid, global_crops.device)
+        masked, slots, valid = self.masks(batch, len(views[0]), grid, global_crops.device)
         prefix = backbone.num_prefix
         tokens = backbone.forward_tokens(global_crops, masked=masked, mask_token=self.mask_token)
         student_cls = backbone.pool_tokens(tokens)

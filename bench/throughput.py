@@ -76,7 +76,8 @@ def synthetic_batch(cfg, batch_size: int, device: torch.device, views: list[dict
         return batch
     size, channels = cfg.data.image_size, cfg.data.channels
     for spec in views or [{"key": "image"}]:
-        batch[spec["key"]] = torch.randn(batch_size, channels, size, size, device=device)
+        side = spec.get("size") or size  # multi-crop views have their own size (resolved to pixels by assembly)
+        batch[spec["key"]] = torch.randn(batch_size, channels, side, side, device=device)
     return {**batch, **caption_fields(cfg, batch_size, device)}
 
 

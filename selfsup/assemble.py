@@ -178,15 +178,17 @@ def build_monitors(cfg: Any, data: Any, seed: int = 0) -> list[pl.Callback]:
         settings = {key: value for key, value in zero_shot.items() if key != "data"}
         monitors.append(build(OmegaConf.create(settings), max_val_samples=cfg.get("max_val_samples", "auto"),
                               batch_size=cfg.get("batch_size"), data=labelled))
+    features = EvalFeatures(cfg.get("max_train_samples", "auto"), cfg.get("max_val_samples", "auto"),
+                            cfg.get("batch_size"))
+    health = [build(cfg.health, features=features)] if cfg.get("health") is not None else []  # needs no labels
     if not data.has_labels():
         if enabled is True:
             raise ConfigError(f"monitors.enabled=true needs labelled data, and {data.source} has no labels; "
                               "set monitors.enabled=auto or false")
-        return monitors
-    features = EvalFeatures(cfg.get("max_train_samples", "auto"), cfg.get("max_val_samples", "auto"),
-                            cfg.get("batch_size"))
+        return [*monitors, *health, features] if health else monitors
     probes = [build(cfg[name], features=features) for name in ("knn", "linear") if cfg.get(name) is not None]
-    return [*monitors, *probes, features] if probes else monitors
+    users = [*probes, *health]  # before `features`, which forgets the epoch's features once they have run
+    return [*monitors, *users, features] if users else monitors
 
 
 def build_callbacks(cfg: DictConfig, data: Any = None) -> list[pl.Callback]:

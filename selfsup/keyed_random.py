@@ -15,6 +15,7 @@ _MASK32 = 0xFFFFFFFF
 PATCH_MASK_STREAM = 1  # which image patches are masked (masked image modelling)
 TOKEN_MASK_STREAM = 2  # which tokens are masked, and what they become (masked language modelling)
 BLOCK_MASK_STREAM = 3  # iBOT's block masks on the student's global crops (DINOv2)
+JEPA_MASK_STREAM = 4  # I-JEPA's context and target blocks
 VIEW_STREAM = 16  # the augmentation of view 0; view v draws from VIEW_STREAM + v
 
 

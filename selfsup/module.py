@@ -83,9 +83,9 @@ class PretrainModule(pl.LightningModule):
         if "skipped" in batch:  # unreadable samples the data module replaced (data.on_error=skip)
             self.skipped_samples += batch["skipped"].sum()
             self.log("data/skipped_samples", self.skipped_samples.float(), reduce_fx="max")
-        if out.features is not None:  # detached: callbacks (the online probe) see them in `outputs`
-            return {"loss": out.loss, "features": out.features}
-        return {"loss": out.loss}
+        # detached features: callbacks (the online probe, the health monitor) see them in `outputs`
+        shown = {"features": out.features, "second_features": out.second_features}
+        return {"loss": out.loss, **{name: value for name, value in shown.items() if value is not None}}
 
     # -- non-finite losses ---------------------------------------------------------------------------------
     def _loss_is_finite(self, loss: torch.Tensor) -> bool:
@@ -189,7 +189,8 @@ class PretrainModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim
-        groups = param_groups({"backbone": self.backbone, "objective": self.objective}, o.weight_decay)
+        groups = param_groups({"backbone": self.backbone, "objective": self.objective}, o.weight_decay, o.lr,
+                              o.no_decay_lr_scale)
         on_cuda = all(p.is_cuda for g in groups for p in g["params"])
         optimizer = build_optimizer(o.name, groups, o.lr, o.betas, o.momentum, o.trust_coefficient, fused=on_cuda)
         factor = warmup_cosine(o.warmup_steps, o.total_steps, o.min_lr_ratio)

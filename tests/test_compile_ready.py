@@ -29,6 +29,12 @@ CASES = {
                  "objective.hidden_dim=32"],  # 32 px global and 12 px local crops
     "dinov2-vit": ["objective=dinov2", *SMALL_VIT, "backbone.patch_size=4", "objective.out_dim=64",
                    "objective.patch_out_dim=64", "objective.hidden_dim=32"],  # block masks of fixed shapes
+    "vicreg-resnet": ["objective=vicreg", "backbone=resnet18", "data=synthetic", "data.image_size=32",
+                      "objective.expander_dim=64"],
+    "barlow-twins-vit": ["objective=barlow_twins", *SMALL_VIT, "objective.projector_dim=64"],
+    "mocov3-vit": ["objective=mocov3", *SMALL_VIT, "objective.hidden_dim=64", "objective.dim=32"],
+    "ijepa-vit": ["objective=ijepa", "backbone=vit_tiny_mean", *SMALL_VIT[1:], "backbone.patch_size=4",
+                  "objective.predictor_depth=1"],
     "mlm": ["objective=mlm", "backbone=text_tiny"],
     "mlm-nsp": ["objective=mlm", "backbone=text_tiny", "objective.next_sentence=true"],
     "clip": ["objective=clip", *SMALL_VIT[:2], "data.image_size=32", "backbone.patch_size=8",

@@ -14,11 +14,14 @@ PACKAGE = ROOT / "selfsup"
 SOURCES = sorted(PACKAGE.rglob("*.py"))
 
 # What the objectives are called in code: class names and module names.
-OBJECTIVE_NAMES = {"MAE", "MLM", "SimCLR", "BYOL", "CLIP", "DualEncoder", "DINO", "DINOHead", "mae", "mlm", "simclr",
-                   "byol", "clip", "dino"}
+OBJECTIVE_NAMES = {"MAE", "MLM", "SimCLR", "BYOL", "CLIP", "DualEncoder", "DINO", "DINOHead", "DINOv2", "VICReg",
+                   "BarlowTwins", "MoCoV3", "mae", "mlm", "simclr", "byol", "clip", "dino", "dinov2", "vicreg",
+                   "barlow_twins", "mocov3", "IJEPA", "ijepa"}
 # Metric keys that one objective logs.
 OBJECTIVE_KEYS = ("mlm_loss", "nsp_loss", "nsp_accuracy", "masked_accuracy", "image_to_text_accuracy",
-                  "text_to_image_accuracy", "logit_scale", "target_momentum", "teacher_temp", "teacher_momentum")
+                  "text_to_image_accuracy", "logit_scale", "target_momentum", "teacher_temp", "teacher_momentum",
+                  "invariance", "covariance", "on_diagonal", "off_diagonal", "teacher_entropy", "teacher_kl_uniform",
+                  "context_patches", "target_patches")
 
 
 def module_name(path: Path) -> str:

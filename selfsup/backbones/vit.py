@@ -30,6 +30,19 @@ def auto_patch_size(img_size: int) -> int:
     raise ConfigError(f"no patch size in {PATCH_CHOICES} fits image size {img_size}; set backbone.patch_size")
 
 
+def attend_valid(blocks: nn.Sequential, x: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+    """timm blocks on tokens (B, T, D) whose last key_valid.shape[1] tokens are attended to only where `key_valid`
+    (B, n) is true (the tokens before them always). The mask is additive (0 / -inf), which every timm attention
+    path and autocast take."""
+    prefix = x.shape[1] - key_valid.shape[1]
+    valid = torch.cat([key_valid.new_ones(len(x), prefix), key_valid], dim=1)
+    mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill(~valid, float("-inf"))
+    mask = mask[:, None, None, :]  # (B, heads, queries, keys) by broadcasting
+    for block in blocks:
+        x = block(x, attn_mask=mask)
+    return x
+
+
 class ViT(nn.Module):
     """A timm VisionTransformer with patch-level access: patchify, encode a subset, pool."""
 
@@ -46,11 +59,13 @@ class ViT(nn.Module):
         drop_path_rate: float = 0.0,
         registers: int = 0,
         layer_scale: float | None = None,
+        freeze_patch_embed: bool = False,
         **timm_kwargs,
     ) -> None:
         """`registers`: extra learned tokens after [CLS] (Darcet et al. 2024, as DINOv2 uses; timm's reg_tokens);
         `layer_scale`: the initial value of per-channel residual scales (CaiT, DINOv2: 1e-5; timm's
-        init_values); `drop_path_rate`: stochastic depth."""
+        init_values); `drop_path_rate`: stochastic depth; `freeze_patch_embed`: the patch projection keeps its random
+        initial weights (MoCo v3's ViT recipe, which it found to stabilise training)."""
         super().__init__()
         if not timm.is_model(name):
             raise ConfigError(f"unknown timm model '{name}' for backbone.name; list ViTs with "
@@ -108,6 +123,8 @@ class ViT(nn.Module):
             table = sincos_2d(self.embed_dim, *self.grid, num_prefix=prefix)
             self.vit.pos_embed.data.copy_(table.unsqueeze(0))
             self.vit.pos_embed.requires_grad_(False)
+        if freeze_patch_embed:
+            self.vit.patch_embed.requires_grad_(False)
 
     @property
     def num_features(self) -> int:
@@ -152,10 +169,12 @@ class ViT(nn.Module):
 
     def encode_patches(self, patches: torch.Tensor, keep: torch.Tensor | None = None,
                        grid: tuple[int, int] | None = None, masked: torch.Tensor | None = None,
-                       mask_token: torch.Tensor | None = None) -> torch.Tensor:
+                       mask_token: torch.Tensor | None = None, key_valid: torch.Tensor | None = None) -> torch.Tensor:
         """Encode patches (B, N, p*p*C) of a `grid` (the model's by default), or only those at indices `keep`
         (B, n). `masked` (B, N) bool: those patches' embeddings become `mask_token` (D,) before the position
-        is added (iBOT and DINOv2's masked student). Returns (B, prefix + n, D)."""
+        is added (iBOT and DINOv2's masked student). `key_valid` (B, n) bool: only these patches (and the prefix
+        tokens) are attended to, the others are padding (I-JEPA's context, a different count per sample in a
+        fixed-shape batch). Returns (B, prefix + n, D)."""
         vit = self.vit
         b = patches.shape[0]
         pos = self.positions(grid or self.grid)
@@ -175,7 +194,10 @@ class ViT(nn.Module):
                 prefix = prefix + prefix_pos
             x = torch.cat([prefix.to(x.dtype), x], dim=1)
         x = vit.norm_pre(vit.pos_drop(x))
-        x = vit.blocks(x)
+        if key_valid is None:
+            x = vit.blocks(x)
+        else:
+            x = attend_valid(vit.blocks, x, key_valid)
         return vit.norm(x)
 
     def forward_tokens(self, images: torch.Tensor, masked: torch.Tensor | None = None,

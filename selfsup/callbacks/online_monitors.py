@@ -90,6 +90,13 @@ def eval_model(pl_module: pl.LightningModule) -> torch.nn.Module:
     return pl_module.objective.eval_model(pl_module.backbone)
 
 
+def probed_backbone(pl_module: pl.LightningModule) -> torch.nn.Module:
+    """The backbone that kNN, the probes and the health monitors embed with: the eval model (DINO's teacher), or the
+    run's own backbone where the eval model is a dual encoder (CLIP's image tower, before its projection)."""
+    model = eval_model(pl_module)
+    return pl_module.backbone if getattr(model, "modality", None) == "image-text" else model
+
+
 class EvalFeatures(pl.Callback):
     """Features of the evaluation splits at the current step, computed once for all monitors.
 
@@ -100,7 +107,7 @@ class EvalFeatures(pl.Callback):
 
     def __init__(self, max_train_samples: int | str | None = "auto", max_val_samples: int | str | None = "auto",
                  batch_size: int | None = None,
-                 encoder: Callable[[pl.LightningModule], torch.nn.Module] = lambda module: module.backbone,
+                 encoder: Callable[[pl.LightningModule], torch.nn.Module] = probed_backbone,
                  data: Any = None) -> None:
         self.caps = {"train": max_train_samples, "val": max_val_samples}
         self.batch_size = batch_size

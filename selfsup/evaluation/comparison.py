@@ -23,6 +23,8 @@ from selfsup.evaluation.results import RANDOM_INIT_SUFFIX, RESULTS, read_results
 from selfsup.runs import CONFIG, METRICS, RUN_INFO, flatten
 
 MAX_SHOWN = 3  # differing config keys named in a variant's label
+# The health monitor's collapse signs (callbacks/health.py): their final values are columns of the table when logged.
+HEALTH = ("val/rankme", "val/feature_std", "train/alignment", "train/uniformity")
 LOSS, WALL, RATE, MEMORY, EPOCH = "train/loss", "train/wall_s", "train/samples_per_s", "train/peak_mem_gib", "epoch"
 # Config keys that do not change what is trained: runs differing only in these are seeds of one method.
 IGNORED = ("seed", "run_dir", "resume", "min_free_gb", "pictures_every_n_epochs", "compile", "checkpoint.",
@@ -237,7 +239,9 @@ def resolve_metric(name: str, runs: list[Run]) -> str:
 
 
 def lower_is_better(column: str) -> bool:
-    return "loss" in column.rsplit("/", 1)[-1]
+    """Losses, and the health monitor's alignment (0: invariant) and uniformity (more negative: more uniform)."""
+    name = column.rsplit("/", 1)[-1]
+    return "loss" in name or name in ("alignment", "uniformity")
 
 
 def run_stats(run: Run, column: str) -> dict[str, float | None]:
@@ -250,7 +254,9 @@ def run_stats(run: Run, column: str) -> dict[str, float | None]:
     eval_value = next((entry[column] for key, entry in run.results.items()
                        if not key.endswith(RANDOM_INIT_SUFFIX) and isinstance(entry, dict)
                        and isinstance(entry.get(column), (int, float))), None)
-    return {"final": values[-1] if values else None, "best": best,
+    finals = {name: run.series(name)[1] for name in HEALTH}
+    return {**{name: v[-1] if v else None for name, v in finals.items()},
+            "final": values[-1] if values else None, "best": best,
             "epochs": max(epochs) + 1 if epochs else None, "wall": max(walls) if walls else None,
             "rate": statistics.median(rates) if rates else None, "memory": max(memory) if memory else None,
             "eval": eval_value}
@@ -289,14 +295,17 @@ def table(methods: list[Method], column: str) -> str:
     """The markdown comparison table."""
     stats = [[run_stats(r, column) for r in m.runs] for m in methods]
     with_eval = any(s["eval"] is not None for group in stats for s in group)
+    health = [name for name in HEALTH if name != column and any(s[name] is not None for g in stats for s in g)]
     short = column.split("/", 1)[-1] if column.startswith(("val/", "train/")) else column
     header = ["objective", "backbone", "data", "seeds", f"final {short}", f"best {short}",
-              *([f"eval {short}"] if with_eval else []), "epochs", "wall time", "samples/s", "peak mem (GiB)"]
+              *([f"eval {short}"] if with_eval else []), *(name.split("/")[-1] for name in health), "epochs",
+              "wall time", "samples/s", "peak mem (GiB)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for method, group in zip(methods, stats):
         col = lambda key: mean_std([s[key] for s in group])  # noqa: E731
         cells = [method.objective, method.backbone, method.data, str(len(method.runs)), fmt(col("final")),
-                 fmt(col("best")), *([fmt(col("eval"))] if with_eval else []), fmt(col("epochs"), 1),
+                 fmt(col("best")), *([fmt(col("eval"))] if with_eval else []), *(fmt(col(n)) for n in health),
+                 fmt(col("epochs"), 1),
                  fmt(col("wall"), 1, duration=True), fmt(col("rate"), 1), fmt(col("memory"), 2)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

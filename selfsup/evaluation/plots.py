@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selfsup.evaluation.comparison import LOSS, WALL, Method, Run
+from selfsup.evaluation.comparison import HEALTH, LOSS, WALL, Method, Run
 
 
 def wall_at(run: Run, steps: np.ndarray) -> np.ndarray | None:
@@ -75,9 +75,11 @@ def slug(column: str) -> str:
 
 
 def plot_all(methods: list[Method], column: str, out: Path) -> list[Path]:
-    """The metric and the loss, against step and wall time; returns the files written."""
+    """The metric, the loss and the health monitor's curves (where logged), against step and wall time; returns the
+    files written."""
     written = []
-    for name, col in ((slug(column), column), ("loss", LOSS)):
+    curves = [(slug(column), column), ("loss", LOSS), *((slug(c), c) for c in HEALTH if c != column)]
+    for name, col in curves:
         for axis, against_time in (("step", False), ("time", True)):
             path = out / f"{name}_vs_{axis}.png"
             if plot(methods, col, against_time, path):

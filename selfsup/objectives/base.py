@@ -13,7 +13,9 @@ and declares:
 - `bind_data(facts)`: called once the data module exists, with its DataFacts (token ids, sequence lengths,
   image size); check the fit and take what the objective needs. Default: nothing.
 - `forward(backbone, batch) -> StepOutput`: the loss, metrics to log, and the pooled features of the first
-  view if it has them anyway (the online linear probe trains on them).
+  view (and of the second) if it has them anyway (the online linear probe trains on the first; the health
+  monitor measures the pair's alignment and uniformity). A teacher-student objective logs its teacher's
+  distribution health as metrics (`teacher_entropy`, `teacher_kl_uniform`: see dino.py).
 - `bind_schedule(steps_per_epoch, total_steps)`: called once the run's length is known, for schedules given in
   epochs (DINO's teacher-temperature warm-up). `after_optimizer_step(backbone, step, total_steps)`:
   schedule-driven updates (an EMA target); `step_metrics()`: scalars that follow the schedule, logged each step;
@@ -28,7 +30,17 @@ and declares:
   where `reduce_sum` sums a tensor over processes (MLM's perplexity over the whole split). Default: none.
 - `visualize(backbone, batch)`: an optional picture for the run folder.
 
-Adding an objective is this file's subclass in selfsup/objectives/ and its config in configs/objective/.
+Adding an objective is this file's subclass in selfsup/objectives/ and its config in configs/objective/. What
+objectives share beyond this contract are general mechanisms, each usable by any objective:
+- the EMA teacher (ema.py: BYOL's target, DINO's teacher, MoCo v3's momentum encoder, I-JEPA's target encoder);
+- the projection heads (heads.py) and the collectives that make batch statistics global (selfsup/distributed.py);
+- shared view specs: `- views@_here_: byol_pair` in a config's defaults takes configs/objective/views/byol_pair.yaml;
+- per-sample randomness keyed by sample (keyed_random.py: one stream per use), for masks that do not depend on the
+  batch's composition, the process count or a resume;
+- ViT capabilities: encode a subset of patches (`keep`), replace some by a mask token (`masked`), attend only to
+  some (`key_valid`: padding in fixed-shape batches), and the backbone options an objective's recipe may ask for
+  (`backbone.freeze_patch_embed`, `backbone.pool=mean`);
+- optimizer options (`optim.no_decay_lr_scale`, `optim.weight_decay_end`, `optim.clip_grad_norm`) and presets.
 """
 from __future__ import annotations
 
@@ -50,11 +62,21 @@ class StepOutput:
 
     `features`: the detached pooled backbone features (B, D) of the batch's first view, when the objective has
     them from its forward anyway; the online linear probe (callbacks/online_monitors.py) trains on them.
+    `second_features`: the same for the second view of the same samples, where the objective has two views; the
+    health monitor's alignment and uniformity (callbacks/health.py) read the pair.
     """
 
     loss: torch.Tensor
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
     features: torch.Tensor | None = None
+    second_features: torch.Tensor | None = None
+
+    @classmethod
+    def of_two_views(cls, loss: torch.Tensor, metrics: dict[str, torch.Tensor],
+                     features: torch.Tensor) -> "StepOutput":
+        """The output of a two-view objective whose backbone saw both views stacked: features (2B, D)."""
+        first, second = features.detach().chunk(2)
+        return cls(loss, metrics, features=first, second_features=second)
 
 
 class Objective(nn.Module):

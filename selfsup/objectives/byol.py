@@ -9,7 +9,7 @@ from torch import nn
 
 from selfsup.errors import ConfigError
 from selfsup.objectives.base import Objective, StepOutput
-from selfsup.objectives.ema import EMATeacher, cosine_momentum
+from selfsup.objectives.ema import EMATeacher, cosine_momentum, online_and_target
 from selfsup.objectives.heads import mlp
 
 
@@ -43,12 +43,10 @@ class BYOL(Objective):
 
     def forward(self, backbone: nn.Module, batch: dict[str, Any]) -> StepOutput:
         images = torch.cat([batch[v["key"]] for v in self.views])
-        h = backbone(images)
-        p1, p2 = self.predictor(self.projector(h)).chunk(2)
-        with torch.no_grad():
-            z1, z2 = self.target["projector"](self.target["backbone"](images)).chunk(2)
+        h, p, z = online_and_target(backbone, self.projector, self.predictor, self.target, images)
+        (p1, p2), (z1, z2) = p.chunk(2), z.chunk(2)
         loss = (regression_loss(p1, z2) + regression_loss(p2, z1)).mean()
-        return StepOutput(loss, features=h[: len(images) // 2].detach())
+        return StepOutput.of_two_views(loss, {}, h)
 
     def step_metrics(self) -> dict[str, torch.Tensor]:
         return {"target_momentum": self.target.momentum}

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.distributed import all_reduce_sum, rank_and_world
 from selfsup.errors import ConfigError
 from selfsup.objectives.base import Objective, StepOutput
 from selfsup.objectives.centering import Centering
@@ -53,6 +54,21 @@ def dino_loss(student: list[torch.Tensor], targets: list[torch.Tensor], student_
     terms = [-(target * log_probs[j]).sum(-1).mean() for i, target in enumerate(targets)
              for j in range(len(log_probs)) if j != i]
     return torch.stack(terms).mean()
+
+
+def distribution_health(probabilities: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Two signs of the two collapses of self-distillation, from the teacher's target distributions (B, K):
+    `teacher_entropy`, the mean entropy of a sample's distribution (log K when every output is uniform), and
+    `teacher_kl_uniform`, the KL divergence of the global batch's mean distribution from uniform (log K when every
+    sample puts its mass on the same prototype). With even use of the prototypes the KL is about log(K / B) for a
+    global batch of B < K samples, so compare it at one batch size; Sinkhorn-Knopp centring keeps it near 0 by
+    construction (it balances the prototypes' use)."""
+    p = probabilities.detach().float()
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean()
+    _, world = rank_and_world()
+    mean = all_reduce_sum(p.mean(0)) / world  # every process has as many samples
+    kl = (mean * torch.log(mean.clamp_min(1e-12) * p.shape[-1])).sum()
+    return {"teacher_entropy": entropy, "teacher_kl_uniform": kl}
 
 
 def same_size_runs(views: list[torch.Tensor]) -> list[list[torch.Tensor]]:
@@ -144,10 +160,10 @@ class DINO(Objective):
 
     def forward(self, backbone: nn.Module, batch: dict[str, Any]) -> StepOutput:
         views = [batch[v["key"]] for v in self.views]
-        student, first = [], None
+        student, global_features = [], None
         for group in same_size_runs(views):  # multi-crop: one backbone pass per size
             h = backbone(torch.cat(group))
-            first = h[: len(views[0])] if first is None else first
+            global_features = h[: GLOBAL_VIEWS * len(views[0])] if global_features is None else global_features
             student.extend(self.head(h).chunk(len(group)))
         with torch.no_grad():
             features = self.teacher["backbone"](torch.cat(views[:GLOBAL_VIEWS]))
@@ -156,8 +172,9 @@ class DINO(Objective):
         loss = dino_loss(student, list(targets.chunk(GLOBAL_VIEWS)), self.student_temp)
         if self.training:
             self.centering.update(teacher)
-        evaluated = features[: len(views[0])] if self.evaluate == "teacher" else first.detach()
-        return StepOutput(loss, features=evaluated)
+        evaluated = features if self.evaluate == "teacher" else global_features.detach()
+        first, second = evaluated.chunk(GLOBAL_VIEWS)
+        return StepOutput(loss, distribution_health(targets), features=first, second_features=second)
 
     def step_metrics(self) -> dict[str, torch.Tensor]:
         return {"teacher_temp": self.teacher_temp, "teacher_momentum": self.teacher.momentum}

@@ -20,7 +20,7 @@ from selfsup import keyed_random
 from selfsup.errors import ConfigError
 from selfsup.objectives.base import StepOutput
 from selfsup.objectives.centering import Centering
-from selfsup.objectives.dino import DINO, GLOBAL_VIEWS, DINOHead, dino_loss, same_size_runs
+from selfsup.objectives.dino import DINO, GLOBAL_VIEWS, DINOHead, dino_loss, distribution_health, same_size_runs
 
 MIN_BLOCK_PATCHES = 4  # the smallest block, in patches (DINOv2's MaskingGenerator)
 BLOCK_ASPECT = (0.3, 1 / 0.3)  # block height / width, drawn log-uniformly
@@ -181,11 +181,11 @@ class DINOv2(DINO):
         if self.training:
             self.centering.update(teacher)
             self.patch_centering.update(teacher_patches.flatten(0, 1), flat_valid)
-        size = len(views[0])
-        evaluated = features[:size] if self.evaluate == "teacher" else student_cls[:size].detach()
+        evaluated = features if self.evaluate == "teacher" else student_cls.detach()
+        first, second = evaluated.chunk(GLOBAL_VIEWS)
         metrics = {"dino_loss": dino.detach(), "ibot_loss": ibot.detach(), "koleo_loss": koleo.detach(),
-                   "masked_ratio": masked.float().mean()}
-        return StepOutput(loss, metrics, features=evaluated)
+                   "masked_ratio": masked.float().mean(), **distribution_health(targets)}
+        return StepOutput(loss, metrics, features=first, second_features=second)
 
 
 def gather_slots(patch_tokens: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:

@@ -56,4 +56,4 @@ class SimCLR(Objective):
         h = backbone(torch.cat([first, second]))  # one pass for both views
         z1, z2 = self.projector(h).chunk(2)
         loss, accuracy = nt_xent(z1, z2, self.temperature)
-        return StepOutput(loss, {"contrastive_accuracy": accuracy}, features=h[: len(first)].detach())
+        return StepOutput.of_two_views(loss, {"contrastive_accuracy": accuracy}, h)

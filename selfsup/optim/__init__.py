@@ -14,9 +14,11 @@ from selfsup.optim.lars import LARS
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token", "mask_token")
 
 
-def param_groups(modules: dict[str, nn.Module], weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(modules: dict[str, nn.Module], weight_decay: float, lr: float | None = None,
+                 no_decay_lr_scale: float = 1.0) -> list[dict[str, Any]]:
     """Two groups: decayed weights, and biases, norms, position embeddings and special tokens (no decay,
-    and no LARS adaptation)."""
+    no LARS adaptation, and, when `lr` is given, the learning rate lr x no_decay_lr_scale: Barlow Twins trains
+    its biases and norms at 0.0048 / 0.2 of the weights' rate)."""
     decay, no_decay = [], []
     for prefix, module in modules.items():
         explicit = set(module.no_weight_decay()) if hasattr(module, "no_weight_decay") else set()
@@ -25,8 +27,10 @@ def param_groups(modules: dict[str, nn.Module], weight_decay: float) -> list[dic
                 continue
             skip = p.ndim <= 1 or name in explicit or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
             (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay, "decayed": True},
-            {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}]
+    exempt = {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}
+    if lr is not None:
+        exempt["lr"] = lr * no_decay_lr_scale
+    return [{"params": decay, "weight_decay": weight_decay, "decayed": True}, exempt]
 
 
 LR_SCALINGS = ("linear", "sqrt")
@@ -97,6 +101,7 @@ class OptimConfig:
     trust_coefficient: float = 0.001
     weight_decay_end: float | None = None  # weight decay on a cosine from weight_decay to this (DINO: 0.04 -> 0.4)
     clip_grad_norm: float | None = None  # clip the gradients' global norm to this (unless trainer.gradient_clip_val)
+    no_decay_lr_scale: float = 1.0  # the lr of biases and norms relative to the weights' (Barlow Twins: 0.024)
 
     def weight_decay_at(self, step: int) -> float:
         if self.weight_decay_end is None:
@@ -110,11 +115,13 @@ class OptimConfig:
                     warmup_epochs: float | None = None, warmup_fraction: float = 0.0,
                     min_lr: float = 0.0, weight_decay_end: float | None = None,
                     clip_grad_norm: float | None = None, lr_scaling: str = "linear",
-                    reference_batch: int = 256) -> "OptimConfig":
+                    reference_batch: int = 256, no_decay_lr_scale: float = 1.0) -> "OptimConfig":
         """The recipe of an `optim/` config (built with `_partial_: true`), resolved for the run's global batch
         and length: lr = base_lr scaled from `reference_batch` to global_batch by `lr_scaling` (see scaled_lr)
         unless `lr` is given; warm-up in epochs or as a fraction."""
         check_optimizer_name(name)
+        if not no_decay_lr_scale > 0:
+            raise ConfigError(f"optim.no_decay_lr_scale must be positive, got {no_decay_lr_scale}")
         if lr is None and base_lr is None:
             raise ConfigError("set optim.base_lr (scaled by the global batch) or optim.lr (used as is)")
         lr = lr or scaled_lr(base_lr, global_batch, reference_batch, lr_scaling)
@@ -125,4 +132,4 @@ class OptimConfig:
         return cls(name=name, lr=lr, weight_decay=weight_decay, warmup_steps=min(warmup, total_steps),
                    total_steps=total_steps, min_lr_ratio=min_lr / lr, betas=tuple(betas), momentum=momentum,
                    trust_coefficient=trust_coefficient, weight_decay_end=weight_decay_end,
-                   clip_grad_norm=clip_grad_norm)
+                   clip_grad_norm=clip_grad_norm, no_decay_lr_scale=no_decay_lr_scale)

@@ -47,3 +47,23 @@ def test_online_probe_sends_no_gradient_to_the_backbone_and_its_state_round_trip
         assert torch.equal(a, b), name
     assert resumed.optimizer.state_dict()["state"][0]["step"] == probe.optimizer.state_dict()["state"][0]["step"]
     assert int(resumed._seen) == int(probe._seen) == 18
+
+
+def test_monitors_embed_with_the_eval_model_unless_it_is_a_dual_encoder():
+    """DINO evaluates its teacher (objective.evaluate), so kNN and the health monitor embed with it; CLIP's eval model
+    is a dual encoder, so they embed with the image tower itself."""
+    from types import SimpleNamespace
+
+    from helpers import FlatBackbone
+
+    from selfsup.callbacks.online_monitors import probed_backbone
+    from selfsup.objectives.dino import DINO
+
+    backbone = FlatBackbone()
+    views = [{"key": "global1"}, {"key": "global2"}]
+    for evaluate in ("teacher", "student"):
+        dino = DINO(backbone, views, out_dim=8, hidden_dim=8, bottleneck_dim=4, evaluate=evaluate)
+        chosen = probed_backbone(SimpleNamespace(objective=dino, backbone=backbone))
+        assert chosen is (dino.teacher["backbone"] if evaluate == "teacher" else backbone)
+    dual = SimpleNamespace(eval_model=lambda b: SimpleNamespace(modality="image-text"))
+    assert probed_backbone(SimpleNamespace(objective=dual, backbone=backbone)) is backbone

@@ -94,7 +94,7 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     # train.py: unknown names
     "unknown backbone config": ("train", ["backbone=vit_gigantic"], "unknown backbone 'vit_gigantic'; choose one of"),
     "unknown objective": ("train", ["objective=dino9"],
-                          "unknown objective 'dino9'; choose one of: byol, clip, dino, dinov2, mae"),
+                          "unknown objective 'dino9'; choose one of: barlow_twins, byol, clip, dino, dinov2"),
     "dinov2 on a resnet": ("train", ["objective=dinov2", "backbone=resnet18"],
                            "objective=dinov2 masks patch tokens and needs a ViT backbone, got ResNet"),
     "bad lr scaling": ("train", ["optim.lr_scaling=cubic"], "optim.lr_scaling must be linear or sqrt"),

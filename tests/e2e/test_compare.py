@@ -44,16 +44,20 @@ def test_table_over_seeds_and_plots(tmp_path, real_run):
     r = compare([str(runs), "--metric", "knn_top1"], tmp_path)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert "| objective | backbone | data | seeds | final knn_top1 | best knn_top1 | epochs | wall time | samples/s " \
-           "| peak mem (GiB) |" in lines
-    assert "| mae | vit_tiny | synthetic | 2 | 0.600 ± 0.141 | 0.650 ± 0.212 | 3.0 ± 0.0 | 31.0 ± 1.4 s | " \
-           "100.5 ± 0.7 | – |" in lines
-    assert "| byol | vit_tiny | synthetic | 2 | 0.800 ± 0.000 | 0.800 ± 0.000 | 3.0 ± 0.0 | 15.0 ± 0.0 s | " \
-           "100.5 ± 0.7 | – |" in lines
+    health = "rankme | feature_std | alignment | uniformity"  # the real run's health monitor logged them
+    assert "| objective | backbone | data | seeds | final knn_top1 | best knn_top1 | " + health + " | epochs | " \
+           "wall time | samples/s | peak mem (GiB) |" in lines
+    assert "| mae | vit_tiny | synthetic | 2 | 0.600 ± 0.141 | 0.650 ± 0.212 | – | – | – | – | 3.0 ± 0.0 | " \
+           "31.0 ± 1.4 s | 100.5 ± 0.7 | – |" in lines
+    assert "| byol | vit_tiny | synthetic | 2 | 0.800 ± 0.000 | 0.800 ± 0.000 | – | – | – | – | 3.0 ± 0.0 | " \
+           "15.0 ± 0.0 s | 100.5 ± 0.7 | – |" in lines
     (real,) = [line.split(" | ") for line in lines if line.startswith("| simclr |")]
-    assert real[1:4] == ["vit_tiny", "synthetic", "1"] and 0 <= float(real[4]) <= 1 and real[6] == "2.0"
+    assert real[1:4] == ["vit_tiny", "synthetic", "1"] and 0 <= float(real[4]) <= 1 and real[10] == "2.0"
+    rank, spread, aligned, uniform = map(float, real[6:10])
+    assert 1 <= rank <= 32 and 0 < spread < 1 and 0 <= aligned <= 4 and -4 <= uniform <= 0  # 32 val images
     out = runs / "compare"
-    for name in ("val_knn_top1_vs_step", "val_knn_top1_vs_time", "loss_vs_step", "loss_vs_time"):
+    for name in ("val_knn_top1_vs_step", "val_knn_top1_vs_time", "loss_vs_step", "loss_vs_time", "val_rankme_vs_step",
+                 "train_alignment_vs_step"):
         data = (out / f"{name}.png").read_bytes()
         assert data.startswith(PNG) and len(data) > 5000, name
     assert (out / "table.md").read_text().strip() == "\n".join(lines[2:2 + 5]).strip()

@@ -27,12 +27,9 @@ def losses(run_dir: Path) -> list[float]:
 
 # SimCLR on a ViT without BatchNorm: torch's SyncBatchNorm needs GPUs, and per-process BN statistics would
 # differ from one process's. What this checks is NT-Xent's negatives gathered from both processes.
+# DINO's and DINOv2's global statistics (the EMA centre, Sinkhorn-Knopp) are checked across two processes in
+# tests/objectives/test_centering.py, VICReg's, Barlow Twins' and MoCo v3's in test_vicreg_barlow_mocov3.py.
 OBJECTIVE_ARGS = {
-    # DINO's loss over both processes' views and Sinkhorn-Knopp over both processes' teacher scores (class and masked
-    # patches: the all-reduced sums that DINO's EMA centre uses too); KoLeo is per process in DINOv2 (as in its
-    # paper's code), so it is off here; no stochastic depth (its draws are per process)
-    "dinov2": ["objective.out_dim=256", "objective.patch_out_dim=256", "objective.hidden_dim=64",
-               "objective.koleo_weight=0", "backbone.drop_path_rate=0", "backbone.patch_size=8"],
     "mae": [],
     "simclr": ["backbone=vit_tiny", "objective.projector_bn=false", "objective.projector_hidden_dim=64",
                "objective.projector_dim=32", "optim=adamw"],

@@ -39,3 +39,20 @@ def test_update_is_the_weighted_average_and_the_copies_take_no_gradient():
 def test_a_momentum_outside_zero_to_final_is_refused():
     with pytest.raises(ConfigError, match="objective.base_momentum must be in"):
         EMATeacher({"a": nn.Linear(2, 2)}, base_momentum=0.999, final_momentum=0.99)
+
+
+def test_the_linear_schedule_moves_evenly_from_base_to_final():
+    """I-JEPA's target encoder: 0.996 -> 1 in equal steps."""
+    torch.manual_seed(0)
+    student = nn.Linear(3, 2)
+    teacher = EMATeacher({"net": student}, 0.996, schedule="linear")
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    before = teacher["net"].weight.clone()
+    teacher.update({"net": student}, 25, 100)
+    assert teacher.momentum.item() == pytest.approx(0.996 + 0.004 * 0.25)
+    torch.testing.assert_close(teacher["net"].weight, 0.997 * before + 0.003 * student.weight)
+    teacher.update({"net": student}, 100, 100)
+    assert teacher.momentum.item() == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="cosine or linear"):
+        EMATeacher({"net": student}, 0.99, schedule="step")

@@ -172,7 +172,7 @@ class IJEPA(Objective):
         if evaluate not in EVALUATED:
             raise ConfigError(f"objective.evaluate must be teacher or student, got '{evaluate}'")
         self.grid = tuple(backbone.grid)
-        self.targets = targets
+        self.target_blocks = targets
         self.ranges = (tuple(target_scale), tuple(target_aspect), tuple(context_scale))
         h, w = block_side_limits(self.grid, tuple(target_scale), tuple(target_aspect))
         self.target_slots = h * w
@@ -185,9 +185,9 @@ class IJEPA(Objective):
 
     def masks(self, batch: dict[str, Any], size: int, device: torch.device) -> dict[str, torch.Tensor]:
         n = self.grid[0] * self.grid[1]
-        numbers = keyed_random.per_sample_uniform(batch.get("key"), size, 4 * self.targets + 3 + n,
+        numbers = keyed_random.per_sample_uniform(batch.get("key"), size, 4 * self.target_blocks + 3 + n,
                                                   keyed_random.JEPA_MASK_STREAM, device)
-        return multiblock_masks(numbers, self.grid, self.targets, *self.ranges, self.target_slots,
+        return multiblock_masks(numbers, self.grid, self.target_blocks, *self.ranges, self.target_slots,
                                 self.context_slots)
 
     def eval_model(self, backbone: nn.Module) -> nn.Module:
@@ -203,7 +203,7 @@ class IJEPA(Objective):
         with torch.no_grad():
             tokens = self.teacher["backbone"].forward_tokens(images)
             target_features = F.layer_norm(tokens[:, prefix:].float(), (tokens.shape[-1],))
-        k = self.targets
+        k = self.target_blocks
         target_index = m["target_index"].flatten(0, 1)  # (B * targets, slots): block j of sample i at i * k + j
         target_valid = m["target_valid"].flatten(0, 1)
         repeat = lambda t: t.repeat_interleave(k, dim=0)  # noqa: E731

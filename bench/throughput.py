@@ -11,7 +11,8 @@
 With `data.augment_on=gpu` (`auto` on a GPU) the timed step starts from uint8 images and makes the objective's
 views on the device (what training does); with `cpu` the views are made in advance (the GPU step alone).
 PIPELINE=1 times
-whole training iterations fed by the configured data module's loader (CPU decoding, transfer, augmentation).
+whole training iterations fed by the configured data module's loader (CPU decoding, transfer, augmentation), and
+reports the share of their time spent waiting for the batch (`data_wait_share`: 0 when the loader keeps up).
 
 Prints one JSON line: samples/s, step time (median of timed steps, each between device syncs), model
 FLOPs per step (torch.utils.flop_counter: matmuls, convolutions, attention; forward and backward), MFU
@@ -150,9 +151,15 @@ def main(overrides: list[str]) -> dict:
     use_bf16 = device.type == "cuda"
     counter = {"i": 0}
 
+    waits: list[float] = []  # PIPELINE: the time of each iteration spent getting its batch (loader, transfer, views)
+
     def step() -> None:
         counter["i"] += 1
+        start = time.perf_counter()
         batch = data.on_device(next_batch()) if on_device else next_batch()
+        if pipeline:
+            sync(device)
+            waits.append(time.perf_counter() - start)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss = module.objective(module.backbone, batch).loss
         loss.backward()
@@ -179,6 +186,7 @@ def main(overrides: list[str]) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
+    waits.clear()
     for _ in range(iters):
         sync(device)
         t = time.perf_counter()
@@ -195,6 +203,8 @@ def main(overrides: list[str]) -> dict:
         "tflops": round(flops / dt / 1e12, 2), "mfu": round(flops / dt / peak, 4) if peak else None,
         "params_m": round(sum(p.numel() for p in module.parameters()) / 1e6, 2),
     }
+    if pipeline:  # the share of the iteration spent waiting for data: 0 when the loader keeps up
+        row["data_wait_share"] = round(sum(waits) / sum(times), 3)
     if device.type == "cuda":
         row["peak_alloc_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     print("RESULT " + json.dumps(row), flush=True)

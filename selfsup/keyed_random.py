@@ -43,9 +43,25 @@ def combine(key: torch.Tensor | int, value: torch.Tensor | int) -> torch.Tensor:
     return hash32(hash32(key) ^ (value & _MASK32) ^ 0x9E3779B9)
 
 
+def hash32_int(x: int) -> int:
+    """hash32 of one Python int, in plain integer arithmetic: a data worker keys every sample, and one-element
+    tensor operations would cost it a hundred times more."""
+    x &= _MASK32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def combine_int(key: int, value: int) -> int:
+    """`combine` of Python ints (the same number)."""
+    return hash32_int(hash32_int(key) ^ (value & _MASK32) ^ 0x9E3779B9)
+
+
 def sample_key(seed: int, epoch: int, index: int) -> int:
     """The key of one sample in one epoch, as a Python int (used by data workers)."""
-    return int(combine(combine(seed, epoch), index))
+    return combine_int(combine_int(seed, epoch), index)
 
 
 def uniform(keys: torch.Tensor, n: int, stream: int = 0) -> torch.Tensor:

@@ -158,29 +158,30 @@ def blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tenso
     return (factor * a + (1 - factor) * b).clamp(0, 1)
 
 
-def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+HUE_CHANNEL_OFFSETS = (5.0, 3.0, 1.0)  # R, G, B in the compact HSV -> RGB formula below
+
+
+def hue_sextant(x: torch.Tensor, chroma: torch.Tensor, maxc: torch.Tensor) -> torch.Tensor:
+    """HSV's hue in sextants, (B, H, W) in [-1, 5) (0 where the pixel is grey), by torchvision's case rule."""
     r, g, b = x.unbind(1)
-    maxc, minc = x.amax(1), x.amin(1)
-    same = maxc == minc
-    chroma = maxc - minc
-    s = chroma / torch.where(same, torch.ones_like(maxc), maxc)
-    div = torch.where(same, torch.ones_like(chroma), chroma)
-    rc, gc, bc = (maxc - r) / div, (maxc - g) / div, (maxc - b) / div
-    is_r, is_g = maxc == r, (maxc == g) & (maxc != r)
-    h = torch.where(is_r, bc - gc, torch.where(is_g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.remainder(h / 6.0 + 1.0, 1.0)
-    return torch.stack([h, s, maxc], 1)
+    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    return torch.where(maxc == r, (g - b) / safe,
+                       torch.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
 
 
-def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    h, s, v = x.unbind(1)
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.to(torch.int64) % 6
-    p, q, t = (v * (1 - s)).clamp(0, 1), (v * (1 - s * f)).clamp(0, 1), (v * (1 - s * (1 - f))).clamp(0, 1)
-    sector = i.unsqueeze(1) == torch.arange(6, device=x.device).view(1, -1, 1, 1)
-    table = (torch.stack([v, q, p, p, t, v], 1), torch.stack([t, v, v, q, p, p], 1), torch.stack([p, p, t, v, v, q], 1))
-    return torch.stack([(c * sector).sum(1) for c in table], 1)
+def hue_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate HSV's hue by `shift` turns (B, 1, 1, 1), keeping saturation and value, as torchvision's adjust_hue.
+
+    Hand-written rather than an RGB -> HSV -> RGB round trip: with V = max, C = max - min and hue h in sextants,
+    each channel is V - C * clamp(min(k, 4 - k), 0, 1) with k = (n + h) mod 6, n = 5, 3, 1 for R, G, B (the
+    compact form of the sextant table), a third of the full-image passes of the table lookup."""
+    maxc = x.amax(1)
+    chroma = maxc - x.amin(1)
+    h = hue_sextant(x, chroma, maxc).unsqueeze(1) + 6.0 * shift
+    offsets = torch.tensor(HUE_CHANNEL_OFFSETS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(h + offsets, 6.0)
+    ramp = torch.minimum(k, 4.0 - k).clamp(0, 1)
+    return maxc.unsqueeze(1) - chroma.unsqueeze(1) * ramp
 
 
 def adjust(x: torch.Tensor, op: int, factor: torch.Tensor) -> torch.Tensor:
@@ -191,42 +192,101 @@ def adjust(x: torch.Tensor, op: int, factor: torch.Tensor) -> torch.Tensor:
         return blend(x, to_gray(x).mean(dim=(1, 2, 3), keepdim=True), factor)
     if op == 2:  # saturation: towards the grey image
         return blend(x, to_gray(x), factor)
-    hsv = rgb_to_hsv(x)  # hue: rotate, factor in [-0.5, 0.5]
-    hue = torch.remainder(hsv[:, :1] + factor, 1.0)
-    return hsv_to_rgb(torch.cat([hue, hsv[:, 1:]], 1))
+    return hue_shift(x, factor)  # hue: factor in [-0.5, 0.5]
+
+
+def grey_blend(x: torch.Tensor, keep: torch.Tensor, towards_gray: torch.Tensor,
+               towards_mean: torch.Tensor) -> torch.Tensor:
+    """clamp(keep x + towards_gray gray(x) + towards_mean mean(gray(x))), per-sample weights (B, 1, 1, 1).
+
+    Brightness (f, 0, 0), contrast (f, 0, 1 - f) and saturation (f, 1 - f, 0) are all this blend, and (1, 0, 0)
+    leaves the image as it is: so one pass does whichever of the three each sample has at one position of its
+    order."""
+    gray = to_gray(x)
+    grey_part = towards_gray * gray + towards_mean * gray.mean(dim=(1, 2, 3), keepdim=True)
+    return torch.addcmul(grey_part, keep, x).clamp_(0, 1)
+
+
+def jitter_order(x: torch.Tensor, factors: list[torch.Tensor], order: torch.Tensor, ops: list[int],
+                 subsets: bool) -> torch.Tensor:
+    """The jitter operations `ops` in each sample's own `order` (B, 4), every sample of `x` jittered.
+
+    At each of the four positions, one grey_blend pass applies whichever of brightness, contrast and saturation
+    each sample has there, and one hue pass the samples whose hue is there. `subsets`: the hue pass runs on those
+    samples only, gathered (about one hue pass per view in all, but shapes that depend on the draws); else on
+    the whole batch, kept where drawn (static shapes, for torch.compile)."""
+    one, zero = torch.ones_like(factors[0]), torch.zeros_like(factors[0])
+    linear = [op for op in ops if op < 3]
+    for position in range(4):
+        op_here = order[:, position]
+        if linear:
+            keep, towards_gray, towards_mean = one, zero, zero
+            for op in linear:
+                here = op_here == op
+                keep = torch.where(here, factors[op], keep)
+                if op == 1:
+                    towards_mean = torch.where(here, 1 - factors[op], towards_mean)
+                if op == 2:
+                    towards_gray = torch.where(here, 1 - factors[op], towards_gray)
+            x = grey_blend(x, *(w.view(-1, 1, 1, 1) for w in (keep, towards_gray, towards_mean)))
+        if 3 in ops:
+            here = op_here == 3
+            if subsets:  # x is this function's own tensor here (a blend's output, or the gathered samples)
+                rows = here.nonzero().squeeze(1)
+                x.index_copy_(0, rows, hue_shift(x[rows], factors[3][rows].view(-1, 1, 1, 1)))
+            else:
+                x = torch.where(here.view(-1, 1, 1, 1), hue_shift(x, factors[3].view(-1, 1, 1, 1)), x)
+    return x
 
 
 def color_jitter(x: torch.Tensor, spec: ViewSpec, u: torch.Tensor) -> torch.Tensor:
-    """RandomApply(ColorJitter, p): each applied sample gets its four factors and its own order of the four ops."""
+    """RandomApply(ColorJitter, p): each applied sample gets its four factors and its own order of the four ops.
+
+    Eager, only the samples drawn for jitter are jittered (gathered, then put back); compiled, every sample goes
+    through with neutral factors where jitter is not drawn, which keeps shapes static (one graph, no host sync)."""
     strengths = spec.color_jitter
-    apply = (u[:, _JITTER_ON] < spec.color_jitter_p).view(-1, 1, 1, 1)
+    apply = u[:, _JITTER_ON] < spec.color_jitter_p
     raw = u[:, _JITTER_FACTORS:_JITTER_FACTORS + 4]
     factors = [1 - s + 2 * s * raw[:, i] if i < 3 else (2 * raw[:, i] - 1) * s for i, s in enumerate(strengths)]
     order = torch.argsort(u[:, _JITTER_ORDER:_JITTER_ORDER + 4], dim=1)  # a uniform random permutation
     ops = [op for op, s in enumerate(strengths) if s > 0 and (op < 2 or x.shape[1] == 3)]  # no colour in grey images
-    for position in range(4):
-        for op in ops:
-            chosen = apply & (order[:, position] == op).view(-1, 1, 1, 1)
-            x = torch.where(chosen, adjust(x, op, factors[op].view(-1, 1, 1, 1)), x)
-    return x
+    if torch.compiler.is_compiling():
+        neutral = [torch.where(apply, f, 1.0 if op < 3 else 0.0) for op, f in enumerate(factors)]
+        return jitter_order(x, neutral, order, ops, subsets=False)
+    rows = apply.nonzero().squeeze(1)
+    jittered = jitter_order(x[rows], [f[rows] for f in factors], order[rows], ops, subsets=True)
+    return x.index_copy(0, rows, jittered)
 
 
-def gaussian_blur(x: torch.Tensor, spec: ViewSpec, u: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with a per-sample sigma; samples not blurred get a unit kernel (identity)."""
+def blur_with(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Separable blur of each image (B, C, H, W) with its own 1-D kernel (B, k), reflect-padded: a grouped
+    convolution over all images' channels at once, one pass per axis."""
     b, c, height, width = x.shape
-    k = int(0.1 * height) // 2 * 2 + 1  # 10% of the image, odd: 23 at 224 px, 9 at 96 px
-    lo, hi = spec.blur_sigma
-    sigma = (lo + (hi - lo) * u[:, _BLUR_SIGMA]).view(-1, 1)
-    offsets = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum(1, keepdim=True)
-    identity = (offsets == 0).to(x.dtype).expand(b, k)
-    kernel = torch.where((u[:, _BLUR_ON] < spec.blur_p).view(-1, 1), kernel, identity)
+    k = kernel.shape[1]
     kernel = kernel.repeat_interleave(c, 0).view(b * c, 1, 1, k)
     flat = F.pad(x.reshape(1, b * c, height, width), (k // 2, k // 2, k // 2, k // 2), mode="reflect")
     flat = F.conv2d(flat, kernel, groups=b * c)
     flat = F.conv2d(flat, kernel.transpose(2, 3), groups=b * c)
     return flat.view(b, c, height, width)
+
+
+def gaussian_blur(x: torch.Tensor, spec: ViewSpec, u: torch.Tensor) -> torch.Tensor:
+    """Gaussian blur with a per-sample sigma. Eager, only the samples drawn for blur are blurred (gathered);
+    compiled, the others get a unit kernel (identity), which keeps shapes static."""
+    k = int(0.1 * x.shape[2]) // 2 * 2 + 1  # 10% of the image, odd: 23 at 224 px, 9 at 96 px
+    lo, hi = spec.blur_sigma
+    sigma = (lo + (hi - lo) * u[:, _BLUR_SIGMA]).view(-1, 1)
+    offsets = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum(1, keepdim=True)
+    blurred = u[:, _BLUR_ON] < spec.blur_p
+    if torch.compiler.is_compiling():
+        identity = (offsets == 0).to(x.dtype).expand_as(kernel)
+        return blur_with(x, torch.where(blurred.view(-1, 1), kernel, identity))
+    rows = blurred.nonzero().squeeze(1)
+    if len(rows) == 0:  # a convolution takes no empty batch
+        return x
+    return x.index_copy(0, rows, blur_with(x[rows], kernel[rows]))
 
 
 def photometric(x: torch.Tensor, spec: ViewSpec, u: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,14 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from selfsup.data.augment import ViewSpec
 from selfsup.data.sampling import EpochSampler, KeyedSubset, KeyedViews
-from selfsup.data.views import AUGMENT_ON, device_views, eval_views, resolve_augment_on, worker_views
+from selfsup.data.views import (
+    AUGMENT_ON,
+    device_views,
+    eval_views,
+    resolve_augment_on,
+    worker_batch_views,
+    worker_views,
+)
 from selfsup.data_facts import DataFacts
 from selfsup.errors import ConfigError, DataError
 
@@ -150,9 +157,14 @@ class KeyedDataModule(pl.LightningDataModule):
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         return default_collate(samples)
 
-    def _loader(self, dataset: Dataset, sampler: EpochSampler, batch_size: int) -> DataLoader:
+    def train_collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Training batches, in the data worker: by default `collate`."""
+        return self.collate(samples)
+
+    def _loader(self, dataset: Dataset, sampler: EpochSampler, batch_size: int, train: bool = False) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory and torch.cuda.is_available(), collate_fn=self.collate,
+                          pin_memory=self.pin_memory and torch.cuda.is_available(),
+                          collate_fn=self.train_collate if train else self.collate,
                           persistent_workers=self.num_workers > 0, drop_last=False,
                           prefetch_factor=4 if self.num_workers > 0 else None)
 
@@ -171,7 +183,7 @@ class KeyedDataModule(pl.LightningDataModule):
             sampler.resume(epoch, done)
             self._count_epoch = epoch
             self._batches_done = done
-        return self._loader(dataset, sampler, self.batch_size)
+        return self._loader(dataset, sampler, self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup()
@@ -209,8 +221,9 @@ class KeyedDataModule(pl.LightningDataModule):
     def preview_batch(self, n: int) -> dict[str, Any]:
         """The first n samples of the validation split (else the training split), collated, not yet on the device."""
         self.setup()
-        dataset = self.val_set if self.val_set is not None else self.train_set
-        return self.collate([dataset[(0, i)] for i in range(min(n, len(dataset)))])
+        dataset, collate = (self.val_set, self.collate) if self.val_set is not None else (self.train_set,
+                                                                                          self.train_collate)
+        return collate([dataset[(0, i)] for i in range(min(n, len(dataset)))])
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """Device-side work, and counting training batches for exact resume."""
@@ -269,7 +282,7 @@ class ImageDataModule(KeyedDataModule):
     def build_datasets(self) -> tuple[Dataset, Dataset | None]:
         train, val = self.load()
         self.base_sets = (train, val)
-        views = worker_views(self.views, self.image_size, self.augment_on, self.same_size_source)
+        views = worker_views(self.views, self.image_size, self.augment_on, self.same_size_source, batched=True)
         train_set = KeyedViews(train, views, self.seed, self.on_error, self.source)
         val_set = None
         if val is not None and len(val) > 0:
@@ -290,6 +303,11 @@ class ImageDataModule(KeyedDataModule):
         self.setup()
         names = getattr(self, "classes", None) or getattr(self.base_sets[0], "classes", None)
         return [str(n) for n in names] if names else None
+
+    def train_collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """CPU mode: the worker finishes every view on the collated batch (views.worker_batch_views)."""
+        batch = self.collate(samples)
+        return worker_batch_views(batch, self.views, self.image_size) if self.augment_on == "cpu" else batch
 
     def on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Training batches: make the views here in GPU mode, then normalise."""

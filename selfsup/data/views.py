@@ -1,11 +1,14 @@
 """Which view is made where: the training and evaluation views of an image data module.
 
-An objective declares its views (its config's `views:` list, parsed into augment.ViewSpec). With
-`data.augment_on=cpu` the data workers make every view. With `data.augment_on=gpu` (what `auto` picks when there
-is a GPU) the workers only decode:
-they pass the image on once, as the `source` field, and the device makes every view from it after transfer,
-which also halves the host-to-device copy of two-view objectives. Sources whose images differ in size
-(image folders) cannot be batched uncropped, so there the workers crop and flip, and the device does the rest.
+An objective declares its views (its config's `views:` list, parsed into augment.ViewSpec). Per sample, the data
+workers only decode: they pass the image on once, as the `source` field. Sources whose images differ in size
+(image folders) cannot be batched uncropped, so there the workers also crop and flip each image. The rest of every
+view is made on the whole batch, by the same per-sample code (augment.py):
+- `data.augment_on=gpu` (what `auto` picks when there is a GPU): on the device after transfer, which also halves
+  the host-to-device copy of two-view objectives;
+- `data.augment_on=cpu`: in the data worker, when it collates the batch (`worker_batch_views`). Made image by
+  image, a 28 px view costs a few hundred tiny tensor operations, each dominated by its fixed overhead; made for
+  the batch at once, each operation is one pass over many images.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from selfsup.data.augment import CPUView, ViewSpec, augment
+from selfsup.data.augment import CPUView, ViewSpec, augment, to_uint8
 
 SOURCE = "source"  # the batch field of the undecorated image in GPU mode
 AUGMENT_ON = ("auto", "cpu", "gpu")
@@ -52,11 +55,17 @@ class OnWorker:
         return self.view(as_uint8_tensor(image), key)
 
 
-def worker_views(specs: list[ViewSpec], size: int, augment_on: str, same_size_source: bool) -> dict[str, View]:
-    """The fields data workers produce for training batches."""
-    if augment_on == "gpu" and same_size_source:
-        return {SOURCE: Decoded()}
-    stages = "geometric" if augment_on == "gpu" else "all"
+def worker_views(specs: list[ViewSpec], size: int, augment_on: str, same_size_source: bool,
+                 batched: bool = False) -> dict[str, View]:
+    """The fields data workers produce per sample for training batches: the decoded image, or its crops where
+    images differ in size, when the views are finished on the batch (GPU mode, or `batched` CPU mode); else
+    every view, image by image (sources that collate their own batches)."""
+    if augment_on == "gpu" or batched:
+        if same_size_source:
+            return {SOURCE: Decoded()}
+        stages = "geometric"
+    else:
+        stages = "all"
     return {spec.key: OnWorker(CPUView(spec, n, spec.size or size, stages)) for n, spec in enumerate(specs)}
 
 
@@ -72,4 +81,25 @@ def device_views(batch: dict[str, Any], specs: list[ViewSpec], size: int) -> dic
     for n, spec in enumerate(specs):
         images = source if source is not None else batch[spec.key]
         batch[spec.key] = augment(images, batch["key"], spec, n, spec.size or size, crop=source is not None)
+    return batch
+
+
+CHUNK_VALUES = 2**20  # float values per chunk of samples in worker_batch_views: 4 MB, about a core's cache
+
+
+def worker_batch_views(batch: dict[str, Any], specs: list[ViewSpec], size: int) -> dict[str, Any]:
+    """CPU mode: make each view (uint8, as the workers hand views over) of a collated batch in the data worker.
+
+    The samples go through in chunks of about CHUNK_VALUES values: the whole batch at once for small images,
+    where per-operation overhead dominates, and a few images at a time for large ones, whose passes then stay in
+    the cache and whose memory stays bounded. Each sample's view is the one device_views makes (keyed)."""
+    source = batch.pop(SOURCE, None)
+    for n, spec in enumerate(specs):
+        images = source if source is not None else batch[spec.key]
+        side = spec.size or size
+        values = max(images[0].numel(), images.shape[1] * side * side)
+        chunk = max(1, CHUNK_VALUES // values)
+        batch[spec.key] = torch.cat([
+            to_uint8(augment(images[i:i + chunk], batch["key"][i:i + chunk], spec, n, side, crop=source is not None))
+            for i in range(0, len(images), chunk)])
     return batch

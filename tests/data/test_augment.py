@@ -78,6 +78,28 @@ def test_colour_operations_match_torchvision():
     torch.testing.assert_close(A.to_gray(x), TF.rgb_to_grayscale(x), atol=1e-6, rtol=0)
 
 
+def test_colour_jitter_applies_each_samples_operations_in_its_own_order():
+    """The batched jitter (two passes per position) against a plain loop: per sample, torchvision's four
+    operations in the sample's drawn order with its factors, or nothing when jitter is not drawn."""
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 8, 8)
+    spec = ViewSpec(color_jitter=(0.8, 0.8, 0.8, 0.2), color_jitter_p=0.8)
+    u = A.draws(keys(64), 0)
+    ours = A.color_jitter(x, spec, u)
+    functions = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    for i in range(64):
+        expected = x[i]
+        if u[i, A._JITTER_ON] < 0.8:
+            raw = u[i, A._JITTER_FACTORS:A._JITTER_FACTORS + 4].tolist()
+            factors = [1 - 0.8 + 1.6 * raw[0], 1 - 0.8 + 1.6 * raw[1], 1 - 0.8 + 1.6 * raw[2], (2 * raw[3] - 1) * 0.2]
+            for op in torch.argsort(u[i, A._JITTER_ORDER:A._JITTER_ORDER + 4]).tolist():
+                expected = functions[op](expected, factors[op])
+        torch.testing.assert_close(ours[i], expected, atol=1e-5, rtol=0, msg=f"sample {i}")
+    grey = torch.rand(64, 1, 8, 8)  # one channel: brightness and contrast only
+    ours = A.color_jitter(grey, spec, u)
+    assert ours[u[:, A._JITTER_ON] >= 0.8].equal(grey[u[:, A._JITTER_ON] >= 0.8])
+
+
 def test_blur_matches_torchvision_and_unblurred_samples_are_unchanged():
     torch.manual_seed(0)
     x = torch.rand(2, 3, 100, 100)
@@ -110,6 +132,23 @@ def test_gpu_path_on_a_batch_equals_the_cpu_path_per_sample(spec, size, channels
         cpu = A.CPUView(spec, 1, size)(images[i], int(k[i]))
         assert cpu.dtype == torch.uint8 and cpu.shape == (channels, size, size)
         torch.testing.assert_close(cpu.float() / 255, batched[i], atol=0.5 / 255 + 1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("chunk_values", [2**20, 2 * 3 * 32 * 32])  # the whole batch at once; two images a chunk
+def test_workers_make_a_batchs_views_as_they_would_image_by_image(monkeypatch, chunk_values):
+    """CPU mode finishes the views on the collated batch in the worker (views.worker_batch_views), in chunks of
+    samples: each view is the one made from its image alone (CPUView)."""
+    from selfsup.data import views as V
+
+    monkeypatch.setattr(V, "CHUNK_VALUES", chunk_values)
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    batch = V.worker_batch_views({V.SOURCE: images, "key": keys(5)}, [SIMCLR, BYOL_2], 32)
+    assert V.SOURCE not in batch
+    for view, spec in enumerate([SIMCLR, BYOL_2]):
+        assert batch[spec.key].dtype == torch.uint8 and batch[spec.key].shape == (5, 3, 32, 32)
+        for i in range(5):
+            alone = A.CPUView(spec, view, 32)(images[i], int(keys(5)[i]))
+            assert (batch[spec.key][i].int() - alone.int()).abs().max() <= 1  # at most a rounding tie apart
 
 
 def two_view_module(augment_on: str) -> Synthetic:

@@ -11,14 +11,17 @@ from selfsup.data.synthetic import Synthetic
 
 def test_views_depend_on_the_sample_key_only():
     views = [{"key": "image", "crop_scale": [0.2, 1.0], "hflip": 0.5}]
-    dm = Synthetic(num_samples=64, num_workers=0, batch_size=8, views=views)
+    dm = Synthetic(num_samples=64, num_workers=0, batch_size=8, views=views, augment_on="cpu")
     dm.setup()
-    a, b = dm.train_set[(0, 5)], dm.train_set[(0, 5)]
+    view = lambda epoch, index: dm.train_collate([dm.train_set[(epoch, index)]])["image"][0]  # noqa: E731
+    a, b = view(0, 5), view(0, 5)
     torch.manual_seed(123)  # the global random state does not matter
-    c = dm.train_set[(0, 5)]
-    assert torch.equal(a["image"], b["image"]) and torch.equal(a["image"], c["image"])
-    assert not torch.equal(a["image"], dm.train_set[(1, 5)]["image"])  # another epoch, another crop
-    assert a["image"].dtype == torch.uint8 and a["image"].shape == (3, 32, 32)
+    c = view(0, 5)
+    assert torch.equal(a, b) and torch.equal(a, c)
+    assert not torch.equal(a, view(1, 5))  # another epoch, another crop
+    assert a.dtype == torch.uint8 and a.shape == (3, 32, 32)
+    in_a_batch = dm.train_collate([dm.train_set[(0, i)] for i in range(8)])["image"]
+    assert torch.equal(in_a_batch[5], a)  # the batch it is made in does not matter either
 
 
 def test_batches_are_normalized_on_the_device():

@@ -28,8 +28,8 @@ def test_fashion_mnist_reads_idx_files_from_root(tmp_path, monkeypatch):
     dm = FashionMNIST(root=str(tmp_path), batch_size=4, num_workers=0)
     dm.setup()
     assert len(dm.train_set) == 20 and len(dm.val_set) == 5
-    sample = dm.train_set[(0, 3)]
-    assert sample["image"].shape == (1, 28, 28) and sample["label"] == 3
+    batch = dm.train_collate([dm.train_set[(0, i)] for i in range(4)])
+    assert batch["image"].shape == (4, 1, 28, 28) and batch["label"].tolist() == [0, 1, 2, 3]
 
 
 def test_missing_fashion_mnist_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):

@@ -154,10 +154,6 @@ def to_gray(x: torch.Tensor) -> torch.Tensor:
     return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
 
 
-def blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (factor * a + (1 - factor) * b).clamp(0, 1)
-
-
 HUE_CHANNEL_OFFSETS = (5.0, 3.0, 1.0)  # R, G, B in the compact HSV -> RGB formula below
 
 
@@ -182,17 +178,6 @@ def hue_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     k = torch.remainder(h + offsets, 6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp(0, 1)
     return maxc.unsqueeze(1) - chroma.unsqueeze(1) * ramp
-
-
-def adjust(x: torch.Tensor, op: int, factor: torch.Tensor) -> torch.Tensor:
-    """One colour-jitter operation with per-sample factors (B, 1, 1, 1), as torchvision defines it."""
-    if op == 0:  # brightness
-        return (x * factor).clamp(0, 1)
-    if op == 1:  # contrast: towards the mean grey level of the image
-        return blend(x, to_gray(x).mean(dim=(1, 2, 3), keepdim=True), factor)
-    if op == 2:  # saturation: towards the grey image
-        return blend(x, to_gray(x), factor)
-    return hue_shift(x, factor)  # hue: factor in [-0.5, 0.5]
 
 
 def grey_blend(x: torch.Tensor, keep: torch.Tensor, towards_gray: torch.Tensor,

@@ -71,10 +71,16 @@ def test_photometric_draws_have_the_papers_probabilities_and_ranges():
 def test_colour_operations_match_torchvision():
     torch.manual_seed(0)
     x = torch.rand(1, 3, 16, 16)
-    for op, fn, f in [(0, TF.adjust_brightness, 1.3), (1, TF.adjust_contrast, 0.7), (2, TF.adjust_saturation, 1.4),
-                      (3, TF.adjust_hue, -0.08), (3, TF.adjust_hue, 0.1)]:
-        ours = A.adjust(x, op, torch.tensor(f).view(1, 1, 1, 1))
-        torch.testing.assert_close(ours, fn(x, f), atol=2e-6, rtol=0, msg=f"op {op}")
+    w = lambda v: torch.tensor(v).view(1, 1, 1, 1)  # noqa: E731 - a per-sample weight of a batch of one
+    ours = {"brightness": A.grey_blend(x, w(1.3), w(0.0), w(0.0)),
+            "contrast": A.grey_blend(x, w(0.7), w(0.0), w(1 - 0.7)),
+            "saturation": A.grey_blend(x, w(1.4), w(1 - 1.4), w(0.0)),
+            "hue -0.08": A.hue_shift(x, w(-0.08)), "hue 0.1": A.hue_shift(x, w(0.1))}
+    theirs = {"brightness": TF.adjust_brightness(x, 1.3), "contrast": TF.adjust_contrast(x, 0.7),
+              "saturation": TF.adjust_saturation(x, 1.4), "hue -0.08": TF.adjust_hue(x, -0.08),
+              "hue 0.1": TF.adjust_hue(x, 0.1)}
+    for op, image in ours.items():
+        torch.testing.assert_close(image, theirs[op], atol=2e-6, rtol=0, msg=f"op {op}")
     torch.testing.assert_close(A.to_gray(x), TF.rgb_to_grayscale(x), atol=1e-6, rtol=0)
 
 

@@ -116,33 +116,33 @@ show() {  # the lines of a log worth seeing live
   grep -E "^(RESULT|analytic check|vs_anchors:)" "$1" | cut -c1-400 >&2
 }
 
-# bench_reference CONFIG ROUND BATCH NOTE SCRIPT ARGS...: one run of an anchor script, recorded
-bench_reference() {
-  local cfg=$1 round=$2 batch=$3 note=$4 script=$5
-  shift 5
-  local log="$TMP/reference.log" rc
-  echo "== [$round/$ROUNDS] $cfg | reference: $script $*" >&2
-  (cd "$TMP" && env -u OUT PYTHONPATH="$REF_PYTHONPATH" timeout "$RUN_TIMEOUT" \
-    $PY -c "$LAUNCHER" "$ANCHOR_DIR" "$ANCHOR_DIR/$script" "$@") >"$log" 2>&1
+# bench_side SIDE CONFIG ROUND BATCH NOTE SHOWN COMMAND...: one run of COMMAND, shown as SHOWN, recorded
+bench_side() {
+  local side=$1 cfg=$2 round=$3 batch=$4 note=$5 shown=$6
+  shift 6
+  local log="$TMP/$side.log" rc
+  echo "== [$round/$ROUNDS] $cfg | $side: $shown" >&2
+  "$@" >"$log" 2>&1
   rc=$?
   show "$log"
-  $TABLE record --jsonl "$JSONL" --run "$RUN_ID" --config "$cfg" --side reference --round "$round" \
-    --batch "$batch" --rc "$rc" --log "$log" --cmd "$script $*" --note "$note" \
-    || echo "   (could not record the reference row)" >&2
+  $TABLE record --jsonl "$JSONL" --run "$RUN_ID" --config "$cfg" --side "$side" --round "$round" \
+    --batch "$batch" --rc "$rc" --log "$log" --cmd "$shown" --note "$note" \
+    || echo "   (could not record the $side row)" >&2
 }
 
-# bench_selfsup CONFIG ROUND BATCH NOTE OVERRIDES...: one run of bench/throughput.py, recorded
-bench_selfsup() {
-  local cfg=$1 round=$2 batch=$3 note=$4
-  shift 4
-  local log="$TMP/selfsup.log" rc
-  echo "== [$round/$ROUNDS] $cfg | selfsup: bench/throughput.py $*" >&2
-  env -u OUT timeout "$RUN_TIMEOUT" $PY bench/throughput.py "$@" >"$log" 2>&1
-  rc=$?
-  show "$log"
-  $TABLE record --jsonl "$JSONL" --run "$RUN_ID" --config "$cfg" --side selfsup --round "$round" \
-    --batch "$batch" --rc "$rc" --log "$log" --cmd "bench/throughput.py $*" --note "$note" \
-    || echo "   (could not record the selfsup row)" >&2
+# anchor_script SCRIPT ARGS...: an anchor script through the launcher, in $TMP, with the anchors' packages
+anchor_script() {
+  (cd "$TMP" && env -u OUT PYTHONPATH="$REF_PYTHONPATH" timeout "$RUN_TIMEOUT" \
+    $PY -c "$LAUNCHER" "$ANCHOR_DIR" "$ANCHOR_DIR/$1" "${@:2}")
+}
+
+bench_reference() {  # CONFIG ROUND BATCH NOTE SCRIPT ARGS...
+  bench_side reference "$1" "$2" "$3" "$4" "$5 ${*:6}" anchor_script "${@:5}"
+}
+
+bench_selfsup() {  # CONFIG ROUND BATCH NOTE OVERRIDES...
+  bench_side selfsup "$1" "$2" "$3" "$4" "bench/throughput.py ${*:5}" \
+    env -u OUT timeout "$RUN_TIMEOUT" $PY bench/throughput.py "${@:5}"
 }
 
 # compare CONFIG BATCH NOTE SKIP SCRIPT ARGS... -- OVERRIDES...: both sides, alternated, $ROUNDS rounds

@@ -199,8 +199,8 @@ def check_paths(values: dict[str, Any], given: set[str]) -> None:
             continue
         leaf = key.rsplit(".", 1)[-1]
         download = values.get(key.rsplit(".", 1)[0] + ".download") if "." in key else None
-        if leaf == "root" and not download and not Path(value).expanduser().is_dir():
-            raise ConfigError(f"{key}={value}: no such folder; give the folder that holds the data")
+        if leaf == "root" and not download and not Path(value).expanduser().exists():  # text_files: also a file
+            raise ConfigError(f"{key}={value}: no such folder or file; give the folder (or file) that holds the data")
         if leaf in ("manifest", "val_manifest") and not Path(value).expanduser().is_file():
             raise ConfigError(f"{key}={value}: no such file; give the manifest (JSON lines or CSV of image, caption)")
     resume = values.get("resume")

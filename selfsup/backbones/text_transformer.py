@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.backbones.prompts import insert_prompts, prompted_blocks
 from selfsup.errors import ConfigError
 
 NORMS = ("pre", "post")
@@ -113,8 +114,13 @@ class TextTransformer(nn.Module):
         return self.token_embed
 
     def forward_tokens(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                       token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """ids (B, L), attention_mask (B, L) 1 at real tokens, 0 at padding -> features (B, L, D)."""
+                       token_type_ids: torch.Tensor | None = None, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (B, L), attention_mask (B, L) 1 at real tokens, 0 at padding -> features (B, L, D).
+
+        `prompts` (K, P, D): prompt tuning's tokens, right after [CLS] (so [CLS] pooling reads position 0 as
+        always), beside the token embeddings with no position or segment embedding (the real tokens keep
+        positions 0..L-1, and prompts cost none of max_positions), always attended to; K = 1, or one set per block
+        (deep). Their outputs are not returned (backbones/prompts.py)."""
         length = ids.shape[1]
         if length > self.max_positions:
             raise ConfigError(f"sequences of {length} tokens exceed backbone.max_positions {self.max_positions}; "
@@ -122,8 +128,15 @@ class TextTransformer(nn.Module):
         x = self.token_embed(ids) + self.pos_embed[:, :length]
         if self.type_embed is not None:
             x = x + (self.type_embed(token_type_ids) if token_type_ids is not None else self.type_embed.weight[0])
+        if prompts is not None:
+            x = insert_prompts(x, prompts[0], 1)
+            if attention_mask is not None:
+                ones = attention_mask.new_ones(len(ids), prompts.shape[1])
+                attention_mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
         x = self.embed_drop(self.embed_norm(x))
         keep = attention_mask.bool()[:, None, None, :] if attention_mask is not None else None
+        if prompts is not None:
+            return self.norm(prompted_blocks(self.blocks, x, prompts, 1, lambda block, t: block(t, keep)))
         for block in self.blocks:
             x = block(x, keep)
         return self.norm(x)
@@ -138,6 +151,8 @@ class TextTransformer(nn.Module):
         return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Sequence features (B, D), pooled as configured: what probes, retrieval and embedding export use."""
-        return self.pool_tokens(self.forward_tokens(ids, attention_mask, token_type_ids), attention_mask)
+                token_type_ids: torch.Tensor | None = None, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        """Sequence features (B, D), pooled as configured: what probes, retrieval and embedding export use.
+        `prompts`: see forward_tokens; pooling never reads them ([CLS], or the mean over the real tokens)."""
+        tokens = self.forward_tokens(ids, attention_mask, token_type_ids, prompts)
+        return self.pool_tokens(tokens, attention_mask)

@@ -13,6 +13,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from selfsup.backbones.pos_embed import sincos_2d
+from selfsup.backbones.prompts import insert_prompts, prompted_blocks
 from selfsup.errors import ConfigError
 
 PATCH_CHOICES = (16, 8, 4, 2)
@@ -34,13 +35,18 @@ def attend_valid(blocks: nn.Sequential, x: torch.Tensor, key_valid: torch.Tensor
     """timm blocks on tokens (B, T, D) whose last key_valid.shape[1] tokens are attended to only where `key_valid`
     (B, n) is true (the tokens before them always). The mask is additive (0 / -inf), which every timm attention
     path and autocast take."""
-    prefix = x.shape[1] - key_valid.shape[1]
-    valid = torch.cat([key_valid.new_ones(len(x), prefix), key_valid], dim=1)
-    mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill(~valid, float("-inf"))
-    mask = mask[:, None, None, :]  # (B, heads, queries, keys) by broadcasting
+    mask = valid_keys_mask(x, key_valid)
     for block in blocks:
         x = block(x, attn_mask=mask)
     return x
+
+
+def valid_keys_mask(x: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+    """attend_valid's additive mask (B, 1, 1, T) for tokens x (B, T, D)."""
+    prefix = x.shape[1] - key_valid.shape[1]
+    valid = torch.cat([key_valid.new_ones(len(x), prefix), key_valid], dim=1)
+    mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill(~valid, float("-inf"))
+    return mask[:, None, None, :]  # (B, heads, queries, keys) by broadcasting
 
 
 class ViT(nn.Module):
@@ -169,12 +175,14 @@ class ViT(nn.Module):
 
     def encode_patches(self, patches: torch.Tensor, keep: torch.Tensor | None = None,
                        grid: tuple[int, int] | None = None, masked: torch.Tensor | None = None,
-                       mask_token: torch.Tensor | None = None, key_valid: torch.Tensor | None = None) -> torch.Tensor:
+                       mask_token: torch.Tensor | None = None, key_valid: torch.Tensor | None = None,
+                       prompts: torch.Tensor | None = None) -> torch.Tensor:
         """Encode patches (B, N, p*p*C) of a `grid` (the model's by default), or only those at indices `keep`
         (B, n). `masked` (B, N) bool: those patches' embeddings become `mask_token` (D,) before the position
         is added (iBOT and DINOv2's masked student). `key_valid` (B, n) bool: only these patches (and the prefix
         tokens) are attended to, the others are padding (I-JEPA's context, a different count per sample in a
-        fixed-shape batch). Returns (B, prefix + n, D)."""
+        fixed-shape batch). `prompts` (K, P, D): learned tokens after the prefix, K = 1 (shallow) or one set per
+        block (deep), attended to but not returned (backbones/prompts.py). Returns (B, prefix + n, D)."""
         vit = self.vit
         b = patches.shape[0]
         pos = self.positions(grid or self.grid)
@@ -193,28 +201,34 @@ class ViT(nn.Module):
             if prefix_pos is not None:
                 prefix = prefix + prefix_pos
             x = torch.cat([prefix.to(x.dtype), x], dim=1)
+        if prompts is not None:
+            x = insert_prompts(x, prompts[0], self.num_prefix)
         x = vit.norm_pre(vit.pos_drop(x))
-        if key_valid is None:
+        if prompts is not None:
+            mask = None if key_valid is None else valid_keys_mask(x, key_valid)
+            x = prompted_blocks(vit.blocks, x, prompts, self.num_prefix, lambda block, t: block(t, attn_mask=mask))
+        elif key_valid is None:
             x = vit.blocks(x)
         else:
             x = attend_valid(vit.blocks, x, key_valid)
         return vit.norm(x)
 
     def forward_tokens(self, images: torch.Tensor, masked: torch.Tensor | None = None,
-                       mask_token: torch.Tensor | None = None) -> torch.Tensor:
+                       mask_token: torch.Tensor | None = None, prompts: torch.Tensor | None = None) -> torch.Tensor:
         """All tokens of full images, of the model's size or any other multiple of the patch: (B, prefix + N, D);
-        `masked` patches replaced by `mask_token` (see encode_patches)."""
+        `masked` patches replaced by `mask_token`, `prompts` attended to (see encode_patches)."""
         h, w = images.shape[-2:]
         if h % self.patch_size or w % self.patch_size:
             raise ConfigError(f"images of {h} x {w} px do not divide into patches of {self.patch_size} px; give views "
                               f"a size that is a multiple of {self.patch_size}")
         return self.encode_patches(self.patchify(images), grid=(h // self.patch_size, w // self.patch_size),
-                                   masked=masked, mask_token=mask_token)
+                                   masked=masked, mask_token=mask_token, prompts=prompts)
 
     def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, D): the class token, or the mean of the patch tokens."""
         return tokens[:, 0] if self.pool == "cls" else tokens[:, self.num_prefix :].mean(dim=1)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Image features (B, D), pooled as configured: what probes, kNN and embedding export use."""
-        return self.pool_tokens(self.forward_tokens(images))
+    def forward(self, images: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        """Image features (B, D), pooled as configured: what probes, kNN and embedding export use. `prompts`
+        (K, P, D): visual prompt tuning's tokens (encode_patches); pooling never reads them."""
+        return self.pool_tokens(self.forward_tokens(images, prompts=prompts))

@@ -1,4 +1,5 @@
-"""What `python eval.py` runs: check the inputs, load the backbone, run the protocol, write results.json."""
+"""What `python eval.py` runs: check the inputs, load the backbone, run the protocol, write results.json (and,
+for LoRA, the adapter in RUN/adapters/lora/)."""
 from __future__ import annotations
 
 import time
@@ -15,7 +16,14 @@ from selfsup.evaluation.data import check_labelled, pick_device
 from selfsup.evaluation.features import num_classes_of
 from selfsup.evaluation.pretrained import resolve_checkpoint
 from selfsup.evaluation.protocol import EvalContext
-from selfsup.evaluation.results import RANDOM_INIT_SUFFIX, RESULTS, EvalLogger, read_results, update_results
+from selfsup.evaluation.results import (
+    ADAPTERS,
+    RANDOM_INIT_SUFFIX,
+    RESULTS,
+    EvalLogger,
+    read_results,
+    update_results,
+)
 
 WEIGHTS = ("trained", "random")
 
@@ -60,7 +68,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ctx = EvalContext(data=data, device=device, num_classes=num_classes_of(data) if protocol.needs_labels else 0,
                       precision=cfg.precision, seed=cfg.seed, batch_size=cfg.get("batch_size"),
                       max_train_samples=cfg.get("max_train_samples"), max_val_samples=cfg.get("max_val_samples"),
-                      log=logger, captions=(lambda: run_captions(pre.run_cfg, pre.run_dir)))
+                      log=logger, captions=(lambda: run_captions(pre.run_cfg, pre.run_dir)),
+                      adapter_dir=out_dir / ADAPTERS / key)
     classes = f", {ctx.num_classes} classes" if protocol.needs_labels else ""
     source = f"{pre.run_dir} at random initialisation (seed {cfg.seed})" if random_init else \
         f"{pre.checkpoint} (step {pre.step})"

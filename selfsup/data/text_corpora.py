@@ -14,6 +14,9 @@ duplicate documents never straddle the split. Samples are dicts with `index`, `k
 """
 from __future__ import annotations
 
+import csv
+import io
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +34,7 @@ from selfsup.data.text_datasets import (
     LineDataset,
     PairDataset,
     TokenArrays,
+    encode_labels,
     file_identity,
     holdout,
     lines,
@@ -40,6 +44,8 @@ from selfsup.data.tokenizer import Tokenized, tokenizer_settings
 from selfsup.errors import ConfigError, DataError
 
 MODES = ("lines", "packed")
+FORMATS = {"lines": "txt", "blank_lines": "txt", "csv": "csv", "jsonl": "jsonl"}  # TextFiles: format -> extension
+TABLES = ("csv", "jsonl")  # formats with a document per row, and a label column
 
 
 class TextDataModule(Tokenized, KeyedDataModule):
@@ -83,6 +89,16 @@ class TextDataModule(Tokenized, KeyedDataModule):
                 raise DataError(f"{self.source} holds no text; check the files there")
             self._corpus = corpus
         return self._corpus
+
+    @property
+    def num_classes(self) -> int | None:
+        """The classes of a labelled corpus: its class names, else the largest label of either split + 1 (so a
+        class seen only in validation still has a logit); None without labels."""
+        c = self.corpus
+        if c.classes:
+            return len(c.classes)
+        labels = [*(c.labels or ()), *(c.val_labels or ())]
+        return max(labels) + 1 if labels else None
 
     def tokenizer_corpus(self) -> tuple[Any, Any, int]:
         c = self.corpus
@@ -154,23 +170,32 @@ class TextDataModule(Tokenized, KeyedDataModule):
 
 
 class TextFiles(TextDataModule):
-    """Plain UTF-8 text: a file or a folder of files (`pattern`, default **/*.txt).
+    """Plain UTF-8 text: a file or a folder of files (`pattern`, by default every file of the format's extension).
 
     `format=lines`: one document per line. `format=blank_lines`: documents separated by blank lines, one sentence
-    per line (BERT's pretraining format; the lines are the sentences next-sentence pairs use).
+    per line (BERT's pretraining format; the lines are the sentences next-sentence pairs use). `format=csv`
+    (a header row) or `jsonl` (one JSON object a line): one document per row, its text in `text_field` and,
+    with `label_field`, its label (integers, or class names numbered in sorted order), kept in mode=lines for
+    probes and supervised fine-tuning.
     """
 
     name = "text_files"
 
-    def __init__(self, root: str | None = None, format: str = "lines", pattern: str = "**/*.txt",
-                 encoding: str = "utf-8", **kwargs: Any) -> None:
+    def __init__(self, root: str | None = None, format: str = "lines", pattern: str | None = None,
+                 encoding: str = "utf-8", text_field: str = "text", label_field: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if format not in ("lines", "blank_lines"):
-            raise ConfigError(f"data.format must be 'lines' or 'blank_lines', got '{format}'")
+        if format not in FORMATS:
+            raise ConfigError(f"data.format must be one of {', '.join(FORMATS)}, got '{format}'")
+        if label_field and format not in TABLES:
+            raise ConfigError(f"data.label_field needs a document per row with its label: data.format=csv or jsonl "
+                              f"(got format={format})")
         self.root = Path(root).expanduser() if root else None
         self.format = format
-        self.pattern = pattern
+        self.pattern = pattern or f"**/*.{FORMATS[format]}"
         self.encoding = encoding
+        self.text_field = text_field
+        self.label_field = label_field
 
     def files(self) -> list[Path]:
         if self.root is None:
@@ -189,18 +214,63 @@ class TextFiles(TextDataModule):
             return [line.strip() for line in text.splitlines() if line.strip()]
         return [doc.strip() for doc in re.split(r"\n\s*\n", text) if doc.strip()]
 
-    def read_corpus(self) -> Corpus:
-        files, texts = self.files(), []
-        for path in files:
+    def rows(self, path: Path, text: str) -> list[dict[str, Any]]:
+        """The records of a CSV or JSON-lines file, each with the text (and label) field; DataError or
+        ConfigError naming the file, and the line or the columns, where one is not."""
+        if self.format == "csv":
             try:
-                texts.extend(self.documents(path.read_text(encoding=self.encoding)))
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path} is not {self.encoding} text ({e.reason} at byte {e.start}); convert it "
-                                "or set data.encoding") from None
-            except OSError as e:
-                raise DataError(f"cannot read {path}: {e.strerror or e}") from None
-        identity = {"files": file_identity(files), "format": self.format}
-        return Corpus(texts, None, identity, segments=lines if self.format == "blank_lines" else sentences)
+                reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))  # a spreadsheet's byte-order mark
+                rows, columns = list(reader), reader.fieldnames or []
+            except csv.Error as e:
+                raise DataError(f"{path} is not CSV ({e}, line {reader.line_num}); fix it or use data.format=jsonl") \
+                    from None
+        else:
+            rows = []
+            for number, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as e:
+                    raise DataError(f"{path} line {number} is not JSON ({e}); fix it (one JSON object a line)") \
+                        from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path} line {number} is not a JSON object; give one object a line")
+                rows.append(row)
+            columns = list(dict.fromkeys(k for row in rows for k in row))
+        for field in (self.text_field, self.label_field):
+            missing = field is not None and (field not in columns or any(field not in row for row in rows))
+            if missing:
+                raise ConfigError(f"{path} has no field '{field}' in every row (fields: {', '.join(columns)}); "
+                                  "set data.text_field / data.label_field")
+        return rows
+
+    def read(self, path: Path) -> str:
+        try:
+            return path.read_text(encoding=self.encoding)
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path} is not {self.encoding} text ({e.reason} at byte {e.start}); convert it "
+                            "or set data.encoding") from None
+        except OSError as e:
+            raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+
+    def read_corpus(self) -> Corpus:
+        files, texts, labels = self.files(), [], []
+        for path in files:
+            if self.format not in TABLES:
+                texts.extend(self.documents(self.read(path)))
+                continue
+            for row in self.rows(path, self.read(path)):
+                text = row[self.text_field]
+                if isinstance(text, str) and text.strip():  # empty documents go, with their labels
+                    texts.append(text.strip())
+                    labels.append(row[self.label_field] if self.label_field else None)
+        identity: dict[str, Any] = {"files": file_identity(files), "format": self.format}
+        if self.format in TABLES:
+            identity["text_field"] = self.text_field
+        ids, classes = encode_labels(labels, str(self.root)) if self.label_field else (None, None)
+        return Corpus(texts, ids, identity, segments=lines if self.format == "blank_lines" else sentences,
+                      classes=classes)
 
 
 def import_datasets() -> Any:
@@ -252,15 +322,15 @@ class HFText(TextDataModule):
             raise DataError(f"cannot load Hugging Face dataset {self.path} (split {split}): {message}; check "
                             "data.path, data.name, data.data_files and data.split") from None
 
-    def columns(self, ds: Any, split: str) -> tuple[list[str], list[int] | None]:
+    def columns(self, ds: Any, split: str) -> tuple[list[str], list[Any] | None]:
+        """The split's non-empty documents and, with `label_field`, their labels as the dataset holds them."""
         for column in (self.text_field, self.label_field):
             if column is not None and column not in ds.column_names:
                 raise ConfigError(f"{self.path} (split {split}) has no column '{column}' (columns: "
                                   f"{', '.join(ds.column_names)}); set data.text_field / data.label_field")
         texts = [t if isinstance(t, str) else "" for t in ds[self.text_field]]
-        labels = [int(y) for y in ds[self.label_field]] if self.label_field else None
-        if labels is not None:  # drop empty documents together with their labels
-            pairs = [(t, y) for t, y in zip(texts, labels) if t.strip()]
+        if self.label_field:  # drop empty documents together with their labels
+            pairs = [(t, y) for t, y in zip(texts, ds[self.label_field]) if t.strip()]
             return [t for t, _ in pairs], [y for _, y in pairs]
         return [t for t in texts if t.strip()], None
 
@@ -269,9 +339,16 @@ class HFText(TextDataModule):
         texts, labels = self.columns(train, self.split)
         identity: dict[str, Any] = {"path": self.path, "name": self.config_name, "split": self.split,
                                     "fingerprint": getattr(train, "_fingerprint", None)}
-        corpus = Corpus(texts, labels, identity)
+        corpus = Corpus(texts, None, identity)
+        val_labels: list[Any] = []
         if self.val_split:
             val = self.load_split(self.val_split)
-            corpus.val_texts, corpus.val_labels = self.columns(val, self.val_split)
+            corpus.val_texts, val_labels = self.columns(val, self.val_split)
             identity["val"] = [self.val_split, getattr(val, "_fingerprint", None)]
+        if labels is not None:  # both splits at once: class names get the same ids in each
+            ids, names = encode_labels([*labels, *(val_labels or ())], f"{self.path} column '{self.label_field}'")
+            corpus.labels = ids[: len(labels)]
+            corpus.val_labels = ids[len(labels):] if self.val_split else None
+            feature = getattr(train, "features", {}).get(self.label_field)
+            corpus.classes = names or getattr(feature, "names", None)  # a ClassLabel column's names
         return corpus

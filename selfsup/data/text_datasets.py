@@ -68,6 +68,21 @@ class Corpus:
         return docs
 
 
+def encode_labels(values: Sequence[Any], where: str) -> tuple[list[int], list[str] | None]:
+    """Labels as class ids, and the class names where the labels were names. Integers (or strings of digits, as
+    a CSV file holds them) are kept; anything else is a class name, numbered in sorted order. Called once on the
+    labels of both splits together, so every split numbers the classes alike."""
+    if any(v is None or (isinstance(v, str) and not v.strip()) for v in values):
+        raise DataError(f"{where}: a document has no label; give every document one (or leave data.label_field "
+                        "out)")
+    if all(isinstance(v, int) and not isinstance(v, bool) or isinstance(v, str) and v.strip().lstrip("-").isdigit()
+           for v in values):
+        return [int(v) for v in values], None
+    names = sorted({str(v).strip() for v in values})
+    ids = {name: i for i, name in enumerate(names)}
+    return [ids[str(v).strip()] for v in values], names
+
+
 def file_identity(paths: Iterable[Path]) -> list[tuple[str, int, int]]:
     """(path, size, modification time) of each file: what the tokenizer cache key hashes, cheap for any size."""
     out = []

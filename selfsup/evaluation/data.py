@@ -54,11 +54,22 @@ def eval_data_node(data_cfg: DictConfig | None, pre: Pretrained, tokenizer: Call
     return node
 
 
+def label_fix(data: Any) -> str:
+    """How to get labelled data of the data's kind. Text keeps a label per document only in data.mode=lines
+    (a packed block spans documents), which is what a text run's own pretraining data usually is not."""
+    if getattr(data, "modality", "image") != "text":
+        return "pass data=NAME with labels (e.g. data=cifar10, data=fashion_mnist, data=image_folder data.root=DIR)"
+    corpus = getattr(data, "corpus", None)
+    if getattr(data, "mode", None) == "packed" and getattr(corpus, "labels", None) is not None:
+        return f"its packed blocks span documents: add data={data.name} data.mode=lines (a document per sample)"
+    return ("pass text with a label per document, in data.mode=lines: data=wordnet, data=text_files data.format=csv "
+            "(or jsonl) data.label_field=COLUMN, or data=hf_text data.label_field=COLUMN")
+
+
 def check_labelled(data: Any, what: str) -> None:
     """A DataError before any heavy work when the data has no labels or no validation split."""
     if not data.has_labels():
-        raise DataError(f"{what} needs labelled data, and {data.source} has no labels; pass data=NAME with labels "
-                        "(e.g. data=cifar10, data=fashion_mnist, data=image_folder data.root=DIR)")
+        raise DataError(f"{what} needs labelled data, and {data.source} has no labels; {label_fix(data)}")
     if data.eval_dataset("val") is None:
         raise DataError(f"{what} measures accuracy on a validation split, and {data.source} has none; use data with "
                         "one (image folders: DIR/val/<class>/...)")

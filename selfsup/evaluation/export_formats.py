@@ -2,27 +2,21 @@
 (`python export.py checkpoint=RUN out=DIR`).
 
 Image backbones become `DIR/model.safetensors` with the state dict of the plain timm model (selfsup's `vit.` /
-`net.` prefix stripped) and `DIR/config.json` with the timm name and the create_model kwargs that rebuild the
-same network, so that
+`net.` prefix stripped) and `DIR/config.json` in timm's own layout (`architecture`, `model_args`,
+`pretrained_cfg`), so that `timm.create_model("local-dir:DIR", pretrained=True)` loads it, and
+`timm.create_model("hf-hub:USER/REPO", pretrained=True)` once the folder is on the Hub. Pooling follows the
+backbone: `cls` is timm's `global_pool="token"`; `mean` is `global_pool="avg"` with `fc_norm=False` (selfsup
+normalises every token, then averages, as timm does without fc_norm). ResNets trained with the CIFAR stem (3x3
+stride-1 first convolution, no max-pool) have no timm create kwarg for that stem: build them with
+`load_timm(DIR)` here, which swaps the stem as selfsup does and loads the weights strictly.
 
-    timm.create_model(name, pretrained=True, num_classes=0, **kwargs,
-                      pretrained_cfg_overlay=dict(file="DIR/model.safetensors"))
-
-loads it. Pooling follows the backbone: `cls` is timm's `global_pool="token"`; `mean` is `global_pool="avg"` with
-`fc_norm=False` (selfsup normalises every token, then averages, as timm does without fc_norm). ResNets trained
-with the CIFAR stem (3x3 stride-1 first convolution, no max-pool) have no timm create kwarg for that stem: build
-them with `load_timm(DIR)` here, which swaps the stem as selfsup does and loads the weights strictly.
-
-Text encoders (selfsup's TextTransformer) become `model.safetensors`, `config.json` (the constructor's kwargs)
-and the run's tokenizer file (`tokenizer.json`, whose encode() adds [CLS] and [SEP] as training did, or
-`vocab.txt`); `load_text_encoder(DIR)` rebuilds both.
-Before writing, the export checks that the rebuilt model gives the backbone's features.
+Text encoders become transformers models (evaluation/hf_text.py). Before anything is reported written, the
+export checks that the rebuilt model gives the backbone's features.
 """
 from __future__ import annotations
 
 import inspect
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from selfsup.backbones.resnet import ResNet
-from selfsup.backbones.text_transformer import TextTransformer
 from selfsup.backbones.vit import ViT
-from selfsup.data.tokenizer import load_tokenizer, save_atomic, with_bert_template
 from selfsup.errors import ConfigError
 from selfsup.evaluation.pretrained import Pretrained
 
@@ -85,7 +77,7 @@ def load_timm(folder: str | Path) -> nn.Module:
 
     folder = Path(folder)
     cfg = json.loads((folder / CONFIG).read_text())
-    model = timm.create_model(cfg["timm_name"], pretrained=False, num_classes=0, **cfg["timm_kwargs"])
+    model = timm.create_model(cfg["architecture"], pretrained=False, num_classes=0, **cfg["model_args"])
     if cfg.get("cifar_stem"):
         cifar_stem(model)
     model.load_state_dict(load_file(str(folder / WEIGHTS)), strict=True)
@@ -106,9 +98,12 @@ def export_image(pre: Pretrained, out: Path,
     norm = {} if normalization is None else {"mean": [round(float(v), 6) for v in normalization[0]],
                                              "std": [round(float(v), 6) for v in normalization[1]]}
     chans, size = pre.backbone.in_chans, pre.backbone.img_size
-    config = {"format": "timm", "timm_name": spec["name"], "timm_kwargs": spec["kwargs"],
-              "cifar_stem": spec["cifar_stem"], "num_features": pre.backbone.num_features,
-              "pretrained_cfg_overlay": {"input_size": [chans, size, size], "num_classes": 0, **norm},
+    config = {"architecture": spec["name"], "num_classes": 0, "num_features": pre.backbone.num_features,
+              "model_args": spec["kwargs"],
+              "pretrained_cfg": {"input_size": [chans, size, size], "num_classes": 0,
+                                 "fixed_input_size": isinstance(pre.backbone, ViT),  # learned position grid
+                                 "crop_pct": 1.0, **norm},
+              "format": "timm", "cifar_stem": spec["cifar_stem"],
               "source": {"checkpoint": str(pre.checkpoint.resolve()), "step": pre.step}}
     out.mkdir(parents=True, exist_ok=True)
     save_file(_state(timm_module(pre.backbone)), str(out / WEIGHTS))
@@ -117,45 +112,18 @@ def export_image(pre: Pretrained, out: Path,
     return config
 
 
-# -- text ---------------------------------------------------------------------------------------------------
-def load_text_encoder(folder: str | Path) -> tuple[nn.Module, Any]:
-    """(TextTransformer with the exported weights, its `tokenizers.Tokenizer`) from an export folder."""
-    from safetensors.torch import load_file
-
-
-    folder = Path(folder)
-    cfg = json.loads((folder / CONFIG).read_text())
-    model = TextTransformer(**cfg["kwargs"])
-    model.load_state_dict(load_file(str(folder / WEIGHTS)), strict=True)
-    tokenizer = with_bert_template(load_tokenizer(folder / cfg["tokenizer"], cfg.get("lowercase", True)))
-    return model.eval(), tokenizer
-
-
-def export_text(pre: Pretrained, out: Path, tokenizer: str | None) -> dict[str, Any]:
-    """`tokenizer`: the run's tokenizer file, copied beside the weights."""
-    from safetensors.torch import save_file
-
-    if tokenizer is None or not Path(tokenizer).is_file():
-        raise ConfigError(f"cannot find the tokenizer of run {pre.run_dir}; set data.tokenizer.path in its config")
-    name = "vocab.txt" if Path(tokenizer).suffix == ".txt" else "tokenizer.json"
-    kwargs = {k: v for k, v in OmegaConf.to_container(pre.run_cfg.backbone, resolve=True).items() if k != "_target_"}
-    config = {"format": "selfsup-text", "architecture": "selfsup.backbones.text_transformer.TextTransformer",
-              "kwargs": kwargs,
-              "tokenizer": name, "lowercase": bool(OmegaConf.select(pre.run_cfg, "data.tokenizer.lowercase",
-                                                                     default=True)),
-              "num_features": pre.backbone.num_features,
-              "source": {"checkpoint": str(pre.checkpoint.resolve()), "step": pre.step}}
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(_state(pre.backbone), str(out / WEIGHTS))
-    if (out / name).exists() and (out / name).samefile(tokenizer):
-        pass  # exported into the run folder itself: the run's tokenizer stays as it trained (resume compares it)
-    elif name == "tokenizer.json":  # encode() adds [CLS] and [SEP], as training did
-        save_atomic(with_bert_template(load_tokenizer(tokenizer)), out / name, replace=True)
+def timm_usage(config: dict[str, Any], where: str, hub: bool) -> str:
+    """Python that loads an image export from `where` (a folder, or a Hub repo) and embeds an image."""
+    chans, size = config["pretrained_cfg"]["input_size"][0], config["pretrained_cfg"]["input_size"][1]
+    if config["cifar_stem"]:  # timm has no create kwarg for this stem
+        load = ("from selfsup.evaluation.export_formats import load_timm\n\n"
+                f"model = load_timm({where!r})  # the CIFAR stem needs selfsup's loader")
     else:
-        shutil.copyfile(tokenizer, out / name)
-    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    check_same_features(load_text_encoder(out)[0], pre.backbone)
-    return config
+        source = f"hf-hub:{where}" if hub else f"local-dir:{where}"
+        load = f"import timm\n\nmodel = timm.create_model({source!r}, pretrained=True, num_classes=0).eval()"
+    return (f"import torch\n{load}\n"
+            f"images = torch.rand(2, {chans}, {size}, {size})  # normalise with model.pretrained_cfg's mean and std\n"
+            "with torch.no_grad():\n    features = model(images)  # (2, num_features), pooled as in pretraining\n")
 
 
 # -- any other backbone -------------------------------------------------------------------------------------------

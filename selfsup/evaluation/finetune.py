@@ -2,9 +2,11 @@
 
 AdamW with the linear scaling rule (lr = base_lr x batch / 256), warm-up then cosine decay, label smoothing,
 and layer-wise learning-rate decay for transformers (block i of L gets layer_decay^(L + 1 - (i + 1)) of the
-rate; embeddings the least, the head the full rate), as BEiT and MAE fine-tune ViTs. ResNets have no blocks
-list, so they train at one rate. Training batches use the protocol's augmented views (random resized crop and
-flip by default); each epoch ends with the validation split's top-1/top-5 on eval views.
+rate; embeddings the least, the head the full rate), as BEiT and MAE fine-tune ViTs; the text transformer's
+`blocks.i` and embeddings (token, position, segment) are read the same way. ResNets have no blocks list, so they
+train at one rate. Image training batches use the protocol's augmented views (random resized crop and flip by
+default); text data has no views, so its training batches are its token samples with their labels
+(data.mode=lines). Each epoch ends with the validation split's top-1/top-5 on eval views.
 Not included: mixup, cutmix, RandAugment, drop path, EMA.
 """
 from __future__ import annotations

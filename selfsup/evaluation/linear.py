@@ -123,8 +123,9 @@ class LinearProtocol(Protocol):
 
     def run(self, backbone: nn.Module, ctx: EvalContext) -> dict[str, float]:
         train, val = ctx.features(backbone, "train"), ctx.features(backbone, "val")
-        _, metrics = train_linear_probe(train, val, ctx.num_classes, self.epochs, self.batch_size, self.optimizer,
-                                        self.lr, self.weight_decay, self.momentum, self.warmup_epochs, ctx.seed,
-                                        log=ctx.log)
+        probe, metrics = train_linear_probe(train, val, ctx.num_classes, self.epochs, self.batch_size,
+                                            self.optimizer, self.lr, self.weight_decay, self.momentum,
+                                            self.warmup_epochs, ctx.seed, log=ctx.log)
         metrics.pop("epoch", None)
-        return {**metrics, "train_samples": len(train), "val_samples": len(val)}
+        trainable = sum(p.numel() for p in probe.parameters() if p.requires_grad)  # the adaptation table's column
+        return {**metrics, "train_samples": len(train), "val_samples": len(val), "trainable_params": trainable}

@@ -1,19 +1,26 @@
-"""LoRA fine-tuning (Hu et al. 2021): frozen pretrained weights, trainable low-rank updates of the attention
-projections, and a linear head.
+"""LoRA fine-tuning (Hu et al. 2021) through Hugging Face peft: frozen pretrained weights, trainable low-rank
+updates of the attention projections, and a linear head.
 
-A wrapped layer computes W x + b + (alpha / r) B A x with A (r x in) Kaiming-uniform and B (out x r) zero, so
-training starts from the pretrained function exactly. After training, `merge_lora` folds each update into
-its layer (W + (alpha / r) B A), giving plain nn.Linear layers and the original architecture at no extra cost.
+peft's LoRA layer computes W x + b + (alpha / r) B A x with A (r x in) Kaiming-uniform and B (out x r) zero, as
+the paper's reference code, so training starts from the pretrained function exactly. peft rather than a layer of
+our own so that the adapter is saved in the format the ecosystem loads (`adapter_config.json` +
+`adapter_model.safetensors`: `PeftModel.from_pretrained(backbone, folder)`). After training, peft's
+`merge_and_unload` folds each update into its layer (W + (alpha / r) B A), giving plain nn.Linear layers and the
+original architecture at no extra cost; the reported metrics are those of the merged model.
 Targets are Linear layers whose qualified name ends with one of `targets`: timm ViTs' `attn.qkv` and
-`attn.proj`, and the text transformer's layers of the same names.
+`attn.proj`, and the text transformer's layers of the same names. peft is given their full names, so it adapts
+exactly those layers (where a suffix also matches a module of another kind, which peft would refuse, only the
+Linear layers).
+peft is imported when LoRA is applied, not with this module: building the protocol from a config stays cheap.
 """
 from __future__ import annotations
 
-import math
+import os
+import shutil
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from selfsup.errors import ConfigError
@@ -21,78 +28,80 @@ from selfsup.evaluation.finetune import Classifier, FinetuneProtocol, evaluate_c
 from selfsup.evaluation.protocol import EvalContext
 
 DEFAULT_TARGETS = ("attn.qkv", "attn.proj")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what peft's save_pretrained writes
 
 
-class LoRALinear(nn.Module):
-    """A frozen nn.Linear plus a trainable rank-r update scaled by alpha / r."""
-
-    def __init__(self, base: nn.Linear, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0) -> None:
-        super().__init__()
-        if rank < 1:
-            raise ConfigError(f"protocol.rank must be >= 1, got {rank}")
-        self.base = base.requires_grad_(False)
-        self.rank = rank
-        self.scale = alpha / rank
-        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, **factory))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **factory))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear, and the LoRA reference code
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-
-    def delta_weight(self) -> torch.Tensor:
-        return self.scale * (self.lora_B @ self.lora_A)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scale
-
-    @torch.no_grad()
-    def merged(self) -> nn.Linear:
-        """A plain nn.Linear with weight W + (alpha / r) B A and the same bias."""
-        base = self.base
-        layer = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
-                          device=base.weight.device, dtype=base.weight.dtype)
-        layer.weight.copy_(base.weight + self.delta_weight().to(base.weight.dtype))
-        if base.bias is not None:
-            layer.bias.copy_(base.bias)
-        return layer
-
-
-def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
-
-
-def apply_lora(model: nn.Module, targets: Sequence[str] = DEFAULT_TARGETS, rank: int = 8, alpha: float = 16.0,
-               dropout: float = 0.0) -> list[str]:
-    """Freeze `model` and wrap each target Linear in a LoRALinear; returns the wrapped layers' names."""
-    model.requires_grad_(False)
+def lora_targets(model: nn.Module, targets: Sequence[str] = DEFAULT_TARGETS) -> list[str]:
+    """The qualified names of `model`'s Linear layers that LoRA adapts; a one-line ConfigError when there is none."""
     names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)
              and any(name == t or name.endswith("." + t) for t in targets)]
     if not names:
         raise ConfigError(f"LoRA found no Linear layer named *{' or *'.join(targets)} in {type(model).__name__}; "
                           "LoRA adapts attention projections (ViT and text backbones): use protocol=finetune for "
                           "ResNets, or set protocol.targets")
-    for name in names:
-        _replace(model, name, LoRALinear(model.get_submodule(name), rank, alpha, dropout))
     return names
 
 
-def merge_lora(model: nn.Module) -> int:
-    """Fold every LoRALinear of `model` into a plain nn.Linear, in place; returns how many were merged."""
-    names = [name for name, m in model.named_modules() if isinstance(m, LoRALinear)]
-    for name in names:
-        _replace(model, name, model.get_submodule(name).merged())
-    return len(names)
+def apply_lora(model: nn.Module, targets: Sequence[str] = DEFAULT_TARGETS, rank: int = 8, alpha: float = 16.0,
+               dropout: float = 0.0) -> nn.Module:
+    """Freeze `model` and add peft LoRA layers to its target Linears (in place); returns the peft.PeftModel that
+    wraps it, which takes `model`'s inputs, forwards its attributes (`modality`, `num_features`) and is what
+    `save_adapter` and `merge_lora` act on."""
+    if rank < 1:
+        raise ConfigError(f"protocol.rank must be >= 1, got {rank}")
+    names = lora_targets(model, targets)
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, bias="none",
+                        init_lora_weights=True)  # A Kaiming-uniform, B zero: the pretrained function at step 0
+    return get_peft_model(model, config)  # freezes everything but the LoRA factors
+
+
+def lora_layers(model: nn.Module) -> list[nn.Module]:
+    """The peft LoRA layers of a model (or of a Classifier around one)."""
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
 
 
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for m in model.modules() if isinstance(m, LoRALinear) for p in (m.lora_A, m.lora_B)]
+    """The LoRA factors A and B of every adapted layer: what trains besides the head."""
+    return [p for layer in lora_layers(model) for factors in (layer.lora_A, layer.lora_B)
+            for linear in factors.values() for p in linear.parameters()]
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """The backbone inside a PeftModel with each update folded into its layer (peft's merge_and_unload): plain
+    nn.Linear layers with weight W + (alpha / r) B A, the original module, changed in place."""
+    return model.merge_and_unload()
+
+
+def save_adapter(model: nn.Module, folder: Path) -> Path:
+    """peft's `save_pretrained` of a PeftModel's adapter into `folder` (adapter_config.json and
+    adapter_model.safetensors), written beside it and renamed into place, so `folder` holds one whole adapter (the
+    previous evaluation's until this one's is complete, then this one's). peft's model card template (README.md)
+    is left out: for a backbone not from the Hub it is only empty headings."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = (folder.with_name(f".{folder.name}.{os.getpid()}.{what}") for what in ("tmp", "old"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(str(tmp))
+        (tmp / "README.md").unlink(missing_ok=True)
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 class LoRAProtocol(FinetuneProtocol):
     """eval.py protocol=lora: the backbone frozen, LoRA on its attention projections, and a linear head.
 
-    The reported metrics are those of the merged model (plain Linear layers), evaluated after training.
+    The adapter is saved in peft's format before merging, into `ctx.adapter_dir` (eval.py: RUN/adapters/lora/);
+    the reported metrics are those of the merged model (plain Linear layers), evaluated after training.
     """
 
     name = "lora"
@@ -110,18 +119,21 @@ class LoRAProtocol(FinetuneProtocol):
         self.rank = rank
         self.alpha = alpha
         self.dropout = dropout
-        self.targets = tuple(targets)
+        self.targets = (targets,) if isinstance(targets, str) else tuple(targets)  # protocol.targets=attn.qkv
 
     def prepare(self, backbone: nn.Module, ctx: EvalContext) -> Classifier:
-        apply_lora(backbone, self.targets, self.rank, self.alpha, self.dropout)
-        return Classifier(backbone.train(), ctx.num_classes)  # the head is trainable, the backbone is not
+        """The backbone inside its PeftModel, and a head: the LoRA factors and the head are trainable, nothing else."""
+        adapted = apply_lora(backbone, self.targets, self.rank, self.alpha, self.dropout)
+        return Classifier(adapted.train(), ctx.num_classes)
 
-    def run(self, backbone: nn.Module, ctx: EvalContext) -> dict[str, float]:
+    def run(self, backbone: nn.Module, ctx: EvalContext) -> dict[str, Any]:
         torch.manual_seed(ctx.seed)
         model = self.prepare(backbone, ctx)
         trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
         metrics = train_classifier(model, ctx, self.name, self.epochs, self.learning_rate(ctx), self.weight_decay,
                                    1.0, self.warmup_epochs, self.label_smoothing, self.clip_grad)
-        merged = merge_lora(model.backbone)
+        saved = {"adapter": str(save_adapter(model.backbone, ctx.adapter_dir))} if ctx.adapter_dir else {}
+        layers = len(lora_layers(model))
+        model.backbone = merge_lora(model.backbone)
         final = evaluate_classifier(model, ctx, self.name)  # the merged model's own numbers
-        return {**metrics, **final, "lora_layers": merged, "trainable_params": trained}
+        return {**metrics, **final, "lora_layers": layers, "trainable_params": trained, **saved}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, ContextManager
 
 import torch
@@ -19,7 +20,9 @@ def no_log(metrics: dict[str, float], step: int) -> None:
 @dataclass
 class EvalContext:
     """The labelled data, where to run, and where metrics go. Sample caps apply to the cached features of
-    kNN and linear probes (an evenly spread subset of each split; None: all of it)."""
+    kNN and linear probes and to the training split of fine-tuning (an evenly spread subset of each split; None:
+    all of it). `adapter_dir`: where a protocol that trains an adapter saves it (LoRA, in peft's format; eval.py:
+    RUN/adapters/<protocol>/); None: it is not saved."""
 
     data: Any  # a KeyedDataModule built with the protocol's `views`
     device: torch.device
@@ -31,6 +34,7 @@ class EvalContext:
     max_val_samples: int | None = None
     log: Callable[[dict[str, float], int], None] = field(default=no_log)
     captions: Callable[[], Any] | None = None  # image-text runs: the run's caption tokenizer (zero-shot prompts)
+    adapter_dir: Path | None = None
 
     def autocast(self) -> ContextManager:
         return autocast_for(self.device, self.precision)

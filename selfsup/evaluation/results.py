@@ -1,4 +1,5 @@
-"""Where evaluation results go: RUN/results.json (one key per protocol, merged), a per-epoch CSV, and wandb.
+"""Where evaluation results go: RUN/results.json (one key per protocol, merged), a per-epoch CSV, wandb, and
+what a protocol trains that is worth keeping (LoRA's adapter, in peft's format: RUN/adapters/<protocol>/).
 
 results.json is rewritten beside itself and renamed into place, so evaluations of one run by several
 protocols (or processes one after another) each keep their entry.
@@ -14,6 +15,7 @@ from typing import Any
 from selfsup.errors import DataError
 
 RESULTS = "results.json"
+ADAPTERS = "adapters"  # RUN/adapters/<results key>/: adapter_config.json + adapter_model.safetensors (peft)
 RANDOM_INIT_SUFFIX = "@random_init"  # the key of a protocol's random-initialisation baseline (eval.py weights=random)
 
 

@@ -103,6 +103,12 @@ class Objective(nn.Module):
         """The model that evaluation and the monitors embed with: the backbone, unless the objective trains more."""
         return backbone
 
+    def export_heads(self) -> dict[str, nn.Module]:
+        """Trained heads that an export format has a place for, by kind. `masked_lm`: BERT's prediction head
+        (`dense`, GELU, `norm`, a decoder tied to the backbone's input embedding, `bias`), exported as the
+        transformers *ForMaskedLM model. Default: none (the export holds the backbone alone)."""
+        return {}
+
     def reset_validation(self) -> None:
         """Before a validation pass: clear what update_validation accumulates."""
 

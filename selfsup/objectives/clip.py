@@ -151,6 +151,27 @@ class DualEncoder(nn.Module):
     def embed_dim(self) -> int:
         return self.clip.image_projection.out_features
 
+    # what an export of the dual encoder reads (evaluation/dual_export.py)
+    @property
+    def text_tower(self) -> nn.Module:
+        return self.clip.text_tower
+
+    @property
+    def text_pool(self) -> str:
+        return self.clip.text_pool
+
+    @property
+    def image_projection(self) -> nn.Linear:
+        return self.clip.image_projection
+
+    @property
+    def text_projection(self) -> nn.Linear:
+        return self.clip.text_projection
+
+    def logit_scale(self) -> torch.Tensor:
+        """The log of the (clamped) inverse temperature."""
+        return self.clip.scale().log()
+
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.clip.encode_text(input_ids, attention_mask)
 

@@ -134,6 +134,9 @@ class MLM(Objective):
         self.register_buffer("ordinary", torch.zeros(0, dtype=torch.long), persistent=False)
         self.bind_tokenizer(TokenizerInfo.default(backbone.vocab_size))
 
+    def export_heads(self) -> dict[str, nn.Module]:
+        return {"masked_lm": self.head}
+
     # -- the tokenizer's ids -------------------------------------------------------------------------------
     def bind_tokenizer(self, info: TokenizerInfo, source: str = "the tokenizer") -> None:
         """Take the mask id, padding id, special ids and vocabulary size from a tokenizer."""

@@ -1,4 +1,5 @@
-"""Text corpora: text files (lines, packed blocks, sentence pairs), the held-out split, Hugging Face datasets."""
+"""Text corpora: text files (lines, packed blocks, sentence pairs; CSV and JSON lines with labels), the held-out
+split, Hugging Face datasets."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -123,6 +124,50 @@ def test_text_file_problems_are_named(tmp_path):
         TextFiles(root=str(tmp_path / "folder"), num_workers=0).corpus
 
 
+def test_csv_and_json_lines_files_keep_a_label_per_document(tmp_path):
+    """format=csv / jsonl: a document per row with its label; class names are numbered in sorted order over the
+    whole corpus (both splits), integer labels kept; problems are one line naming the file and the fix."""
+    import csv
+    import json
+
+    topics = ["fable", "proverb", "proverb", "fable", "proverb", "proverb"]
+    with (tmp_path / "corpus.csv").open("w", newline="", encoding="utf-8-sig") as f:  # with a byte-order mark
+        writer = csv.writer(f)
+        writer.writerow(["id", "sentence", "topic"])
+        writer.writerows([i, t, y] for i, (t, y) in enumerate(zip(STORY * 4, topics * 4)))
+        writer.writerow([99, "  ", "riddle"])  # an empty document goes, with its label
+    (tmp_path / "corpus.jsonl").write_text("\n".join(json.dumps({"text": t, "label": i % 3})
+                                                     for i, t in enumerate(STORY * 4)) + "\n\n", encoding="utf-8")
+    common = dict(num_workers=0, mode="lines", val_fraction=0.3,
+                  tokenizer={"vocab_size": 100, "min_frequency": 1, "cache_dir": str(tmp_path / "tok")})
+    dm = TextFiles(root=str(tmp_path / "corpus.csv"), format="csv", text_field="sentence", label_field="topic",
+                   **common)
+    dm.setup()
+    assert dm.corpus.classes == ["fable", "proverb"] and dm.num_classes == 2
+    samples = [*(dm.train_set[(0, i)] for i in range(len(dm.train_set))),
+               *(dm.val_set[(0, i)] for i in range(len(dm.val_set)))]
+    assert len(samples) == 24 and len(dm.val_set) > 0
+    by_text = {dm.tokenizer.decode(s["input_ids"].tolist()): s["label"] for s in samples}
+    assert by_text[dm.tokenizer.decode(dm.tokenizer.encode(STORY[0]).ids)] == 0  # fable
+    assert sorted(by_text.values()) == [0, 0, 1, 1, 1, 1]  # 6 distinct texts, the labels of both splits alike
+    assert dm.collate(samples[:4])["label"].tolist() == [s["label"] for s in samples[:4]]
+
+    dm = TextFiles(root=str(tmp_path), format="jsonl", label_field="label", **common)  # the folder: *.jsonl
+    assert dm.files() == [tmp_path / "corpus.jsonl"] and dm.corpus.labels[:4] == [0, 1, 2, 0]
+    assert dm.corpus.classes is None and dm.num_classes == 3
+
+    with pytest.raises(ConfigError, match="data.label_field needs a document per row with its label"):
+        TextFiles(root=str(tmp_path / "corpus.csv"), label_field="topic")
+    with pytest.raises(ConfigError, match="has no field 'text' in every row \\(fields: id, sentence, topic\\)"):
+        TextFiles(root=str(tmp_path / "corpus.csv"), format="csv", label_field="topic", **common).corpus
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine", "label": 1}\n{"text": oops}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="bad.jsonl line 2 is not JSON"):
+        TextFiles(root=str(tmp_path / "bad.jsonl"), format="jsonl", label_field="label", **common).corpus
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine", "label": 1}\n{"text": "no label", "label": null}\n')
+    with pytest.raises(DataError, match="a document has no label"):
+        TextFiles(root=str(tmp_path / "bad.jsonl"), format="jsonl", label_field="label", **common).corpus
+
+
 def test_hugging_face_datasets_from_local_files_and_disk(tmp_path):
     datasets = pytest.importorskip("datasets")
     path = tmp_path / "corpus.txt"
@@ -148,3 +193,12 @@ def test_hugging_face_datasets_from_local_files_and_disk(tmp_path):
         HFText(path="text", data_files=str(tmp_path / "absent.txt"), cache_dir=str(tmp_path / "hf"), **common).corpus
     with pytest.raises(ConfigError, match="needs data.path"):
         HFText(**common).corpus
+
+    named = tmp_path / "named"  # class names, and a validation split holding a class first: numbered over both
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"text": STORY[:4], "topic": ["fox", "time", "gold", "bird"]}),
+        "test": datasets.Dataset.from_dict({"text": STORY[4:], "topic": ["words", "fox"]}),
+    }).save_to_disk(str(named))
+    dm = HFText(path=str(named), label_field="topic", val_split="test", **common)
+    assert dm.corpus.classes == ["bird", "fox", "gold", "time", "words"] and dm.num_classes == 5
+    assert (dm.corpus.labels, dm.corpus.val_labels) == ([1, 3, 2, 0], [4, 1])

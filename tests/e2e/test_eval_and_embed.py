@@ -1,5 +1,5 @@
 """eval.py and embed.py on a tiny training run: the online monitors, kNN, linear, fine-tuning, LoRA,
-the random-init baseline, input errors, saved features."""
+prompt tuning, the random-init baseline, input errors, saved features."""
 from __future__ import annotations
 
 import csv
@@ -48,6 +48,7 @@ def test_eval_knn_and_linear_write_results_json(trained_run):
     assert 0 <= results["knn"]["val/knn_top1"] <= 1 and "val/knn200_top5" in results["knn"]
     assert results["knn"]["step"] == 16 and results["knn"]["train_samples"] == 256
     assert 0 <= results["linear"]["val/linear_top1"] <= 1
+    assert results["linear"]["trainable_params"] == 192 * 10 + 10  # the Linear alone: the BatchNorm has no affine
     assert (trained_run / "eval" / "linear" / "metrics.csv").is_file()
 
 
@@ -79,6 +80,25 @@ def test_eval_finetune_and_lora_run_end_to_end(trained_run, tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert 0 <= results["finetune"]["val/finetune_top1"] <= 1
     assert results["lora"]["lora_layers"] == 4  # qkv and proj of both blocks, merged
+    assert (tmp_path / "adapters" / "lora" / "adapter_model.safetensors").is_file()  # peft's format, before merging
+
+
+def test_eval_prompt_tuning_runs_end_to_end(trained_run, tmp_path):
+    cli = load_script("eval")
+    assert cli.main([f"checkpoint={trained_run}", "logger=csv", f"out={tmp_path}", "protocol=prompt_tuning",
+                     "protocol.num_prompts=4", "protocol.depth=deep", "protocol.epochs=1", "protocol.warmup_epochs=0",
+                     "max_train_samples=64", "max_val_samples=32"]) == 0
+    entry = json.loads((tmp_path / "results.json").read_text())["prompt_tuning"]
+    assert 0 <= entry["val/prompt_tuning_top1"] <= entry["val/prompt_tuning_top5"] <= 1
+    assert {"val/prompt_tuning_loss", "val/prompt_tuning_best_top1", "train/prompt_tuning_loss"} <= set(entry)
+    prompts = 2 * 4 * 192  # deep: a set of 4 for each of the 2 blocks
+    assert (entry["prompt_params"], entry["trainable_params"]) == (prompts, prompts + 192 * 10 + 10)  # + the head
+    assert entry["backbone_params"] > 10 * entry["trainable_params"] and entry["protocol"]["depth"] == "deep"
+    assert (tmp_path / "eval" / "prompt_tuning" / "metrics.csv").is_file()
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "adapters" / "prompt_tuning" / "prompts.safetensors")  # what was evaluated
+    assert saved["prompts"].shape == (2, 4, 192) and saved["head.weight"].shape == (10, 192)
 
 
 def test_eval_input_errors_are_one_line(trained_run, tmp_path, capsys):

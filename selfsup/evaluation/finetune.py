@@ -165,5 +165,7 @@ class FinetuneProtocol(Protocol):
     def run(self, backbone: nn.Module, ctx: EvalContext) -> dict[str, float]:
         torch.manual_seed(ctx.seed)
         model = self.prepare(backbone, ctx)
-        return train_classifier(model, ctx, self.name, self.epochs, self.learning_rate(ctx), self.weight_decay,
-                                self.layer_decay, self.warmup_epochs, self.label_smoothing, self.clip_grad)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        metrics = train_classifier(model, ctx, self.name, self.epochs, self.learning_rate(ctx), self.weight_decay,
+                                   self.layer_decay, self.warmup_epochs, self.label_smoothing, self.clip_grad)
+        return {**metrics, "trainable_params": trainable}

@@ -41,7 +41,8 @@ def model_card(run_dir: Path, step: int, library: str, pipeline_tag: str, usage:
     batch = run.identity.get("data.batch_size", "?")
     _, epochs = run.series(EPOCH)
     _, walls = run.series(WALL)
-    budget = f"{step} steps" + (f", {int(max(epochs)) + 1} epochs" if epochs else "") + f", batch {batch}"
+    count = int(max(epochs)) + 1 if epochs else None
+    budget = f"{step} steps" + (f", {count} epoch{'s' if count != 1 else ''}" if count else "") + f", batch {batch}"
     if walls:
         budget += f", {max(walls) / 60:.1f} min of training"
     tags = ["selfsup", "self-supervised-learning", run.objective, run.backbone]
@@ -57,7 +58,7 @@ datasets:{_yaml_list([run.data])}
 
 # {run.backbone} pretrained with {run.objective}
 
-Pretrained with [selfsup](https://github.com/selfsup/selfsup) by the `{run.objective}` objective.
+Self-supervised pretraining with selfsup, objective `{run.objective}`, from the run folder `{run_dir.name}`.
 
 - **Objective:** `{run.objective}`
 - **Backbone:** `{run.backbone}`

@@ -79,6 +79,10 @@ def test_eval_finetune_and_lora_run_end_to_end(trained_run, tmp_path):
     assert cli.main([*common, "protocol=lora", "protocol.rank=2"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert 0 <= results["finetune"]["val/finetune_top1"] <= 1
+    from selfsup.assemble import load_pretrained
+
+    everything = sum(p.numel() for p in load_pretrained(trained_run).backbone.parameters() if p.requires_grad)
+    assert results["finetune"]["trainable_params"] == everything + 192 * 10 + 10  # the backbone and the head
     assert results["lora"]["lora_layers"] == 4  # qkv and proj of both blocks, merged
     assert (tmp_path / "adapters" / "lora" / "adapter_model.safetensors").is_file()  # peft's format, before merging
 

@@ -245,7 +245,7 @@ def test_every_export_has_a_hub_model_card_with_the_runs_budget_metrics_and_resu
     assert meta["library_name"] == "timm" and meta["pipeline_tag"] == "image-feature-extraction"
     assert meta["license"] == "unknown"  # for the user to set: selfsup cannot know the data's terms
     assert {"selfsup", "self-supervised-learning", "simclr"} <= set(meta["tags"]) and meta["datasets"] == ["synthetic"]
-    assert "7 steps" in card.text and "1 epochs" in card.text and "batch 16" in card.text and "1.0 min" in card.text
+    assert "7 steps" in card.text and "1 epoch," in card.text and "batch 16" in card.text and "1.0 min" in card.text
     assert "| `val/knn_top1` | 0.4321 |" in card.text  # the run's last validation value
     assert "| `val/knn_top1` | 0.5555 |" in card.text and "0.1 |" not in card.text  # eval result, no baseline
     assert "local-dir:" in usage_of(tmp_path / "export")

@@ -76,7 +76,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     print(f"{key}: {source} on {data.source}{classes}, device {device}", flush=True)
     start = time.perf_counter()
     metrics = protocol.run(pre.backbone.to(device), ctx)
-    entry = {**metrics, "checkpoint": str(pre.checkpoint.resolve()), "step": pre.step, "weights": weights,
+    entry = {**metrics, **pre.source(), "weights": weights,
              "data": data.source, "seconds": round(time.perf_counter() - start, 2),
              "protocol": OmegaConf.to_container(cfg.protocol, resolve=True)}
     out_dir.mkdir(parents=True, exist_ok=True)

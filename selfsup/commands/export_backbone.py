@@ -70,7 +70,7 @@ def export(checkpoint: str | Path, out: str | Path) -> Export:
         raise ConfigError(f"out={out} is the run folder itself; export into a folder of its own, e.g. "
                           f"out={out}/export")
     head, model = trained_objective(pre)
-    source = {"checkpoint": str(pre.checkpoint.resolve()), "step": pre.step}
+    source = pre.source()
     lowercase = bool(OmegaConf.select(pre.run_cfg, "data.tokenizer.lowercase", default=True))
     if getattr(model, "modality", None) == "image-text":
         config = export_dual(pre, model, target, run_tokenizer_path(pre.run_cfg, pre.run_dir), lowercase,

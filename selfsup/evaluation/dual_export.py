@@ -28,7 +28,7 @@ def export_dual(pre: Pretrained, dual: Any, out: Path, tokenizer_path: str | Non
     `logit_scale()`."""
     from safetensors.torch import save_file
 
-    source = {"checkpoint": str(pre.checkpoint.resolve()), "step": pre.step}
+    source = pre.source()
     context = int(dual.text_tower.max_positions)
     image = export_image(pre, out / "image", normalization)
     text = export_text(dual.text_tower, out / "text", tokenizer_path, lowercase, None, source, context)

@@ -104,7 +104,7 @@ def export_image(pre: Pretrained, out: Path,
                                  "fixed_input_size": isinstance(pre.backbone, ViT),  # learned position grid
                                  "crop_pct": 1.0, **norm},
               "format": "timm", "cifar_stem": spec["cifar_stem"],
-              "source": {"checkpoint": str(pre.checkpoint.resolve()), "step": pre.step}}
+              "source": pre.source()}
     out.mkdir(parents=True, exist_ok=True)
     save_file(_state(timm_module(pre.backbone)), str(out / WEIGHTS))
     (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
@@ -136,7 +136,7 @@ def export_module(pre: Pretrained, out: Path) -> dict[str, Any]:
     config = {"format": "selfsup-module", "backbone": OmegaConf.to_container(pre.run_cfg.backbone, resolve=True),
               "modality": getattr(pre.backbone, "modality", "image"),
               "num_features": getattr(pre.backbone, "num_features", None),
-              "source": {"checkpoint": str(pre.checkpoint.resolve()), "step": pre.step}}
+              "source": pre.source()}
     out.mkdir(parents=True, exist_ok=True)
     save_file(_state(pre.backbone), str(out / WEIGHTS))
     (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")

@@ -164,7 +164,10 @@ class FinetuneProtocol(Protocol):
 
     def run(self, backbone: nn.Module, ctx: EvalContext) -> dict[str, float]:
         torch.manual_seed(ctx.seed)
-        model = self.prepare(backbone, ctx)
+        return self.fit(self.prepare(backbone, ctx), ctx)
+
+    def fit(self, model: Classifier, ctx: EvalContext) -> dict[str, Any]:
+        """Train the model's trainable parameters with this protocol's settings: the metrics and their count."""
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         metrics = train_classifier(model, ctx, self.name, self.epochs, self.learning_rate(ctx), self.weight_decay,
                                    self.layer_decay, self.warmup_epochs, self.label_smoothing, self.clip_grad)

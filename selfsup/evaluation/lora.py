@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from selfsup.errors import ConfigError
-from selfsup.evaluation.finetune import Classifier, FinetuneProtocol, evaluate_classifier, train_classifier
+from selfsup.evaluation.finetune import Classifier, FinetuneProtocol, evaluate_classifier
 from selfsup.evaluation.protocol import EvalContext
 
 DEFAULT_TARGETS = ("attn.qkv", "attn.proj")
@@ -129,11 +129,9 @@ class LoRAProtocol(FinetuneProtocol):
     def run(self, backbone: nn.Module, ctx: EvalContext) -> dict[str, Any]:
         torch.manual_seed(ctx.seed)
         model = self.prepare(backbone, ctx)
-        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        metrics = train_classifier(model, ctx, self.name, self.epochs, self.learning_rate(ctx), self.weight_decay,
-                                   1.0, self.warmup_epochs, self.label_smoothing, self.clip_grad)
+        metrics = self.fit(model, ctx)  # layer_decay 1.0 (set in __init__): the LoRA factors train at one rate
         saved = {"adapter": str(save_adapter(model.backbone, ctx.adapter_dir))} if ctx.adapter_dir else {}
         layers = len(lora_layers(model))
         model.backbone = merge_lora(model.backbone)
         final = evaluate_classifier(model, ctx, self.name)  # the merged model's own numbers
-        return {**metrics, **final, "lora_layers": layers, "trainable_params": trained, **saved}
+        return {**metrics, **final, "lora_layers": layers, **saved}

@@ -31,6 +31,10 @@ class Pretrained:
     run_dir: Path
     step: int
 
+    def source(self) -> dict[str, Any]:
+        """Which checkpoint and step a file written from this run (an export, its config) came from."""
+        return {"checkpoint": str(self.checkpoint.resolve()), "step": self.step}
+
 
 def resolve_checkpoint(path: str | Path | None) -> tuple[Path, Path]:
     """(checkpoint file, run folder) for a .ckpt file or a run folder (its newest checkpoint: eval, embed and export

@@ -25,7 +25,7 @@ from torch import nn
 
 from selfsup.data.tokenizer import SPECIAL_TOKENS
 from selfsup.errors import ConfigError
-from selfsup.evaluation.finetune import Classifier, FinetuneProtocol, num_blocks, train_classifier
+from selfsup.evaluation.finetune import Classifier, FinetuneProtocol, num_blocks
 from selfsup.evaluation.protocol import EvalContext
 
 DEPTHS = ("shallow", "deep")
@@ -110,11 +110,9 @@ class PromptTuningProtocol(FinetuneProtocol):
     def run(self, backbone: nn.Module, ctx: EvalContext) -> dict[str, float]:
         torch.manual_seed(ctx.seed)
         model = self.prepare(backbone, ctx)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        metrics = train_classifier(model, ctx, self.name, self.epochs, self.learning_rate(ctx), self.weight_decay,
-                                   1.0, self.warmup_epochs, self.label_smoothing, self.clip_grad)
+        metrics = self.fit(model, ctx)  # layer_decay 1.0 (set in __init__): nothing in the backbone trains
         saved = {"adapter": str(self.save(model, ctx.adapter_dir))} if ctx.adapter_dir else {}
-        return {**metrics, "trainable_params": trainable, "prompt_params": model.backbone.prompts.numel(),
+        return {**metrics, "prompt_params": model.backbone.prompts.numel(),
                 "backbone_params": sum(p.numel() for p in backbone.parameters()), **saved}
 
     def save(self, model: Classifier, folder: Path) -> Path:

@@ -58,13 +58,11 @@ def device_peak(device: torch.device) -> float | None:
     return None
 
 
-def synthetic_batch(cfg, batch_size: int, device: torch.device, views: list[dict]) -> dict:
-    """Normalised random images for every view the objective declares, plus sample keys; for a text objective,
+def synthetic_batch(cfg, data, batch_size: int, device: torch.device, views: list[dict]) -> dict:
+    """Normalised random images for every view the objective declares, plus sample keys; for text data,
     full-length token sequences [CLS] random ordinary tokens [SEP] (the layout of selfsup's own tokenizers)."""
     batch = {"key": torch.arange(batch_size, device=device), "index": torch.arange(batch_size, device=device)}
-    from selfsup.checks import target_attr
-
-    if target_attr(cfg.objective, "modality") == "text":
+    if data.modality == "text":
         from selfsup.data_facts import TokenizerInfo
 
         info, length = TokenizerInfo.default(int(cfg.backbone.vocab_size)), int(cfg.data.max_length)
@@ -79,16 +77,25 @@ def synthetic_batch(cfg, batch_size: int, device: torch.device, views: list[dict
     for spec in views or [{"key": "image"}]:
         side = spec.get("size") or size  # multi-crop views have their own size (resolved to pixels by assembly)
         batch[spec["key"]] = torch.randn(batch_size, channels, side, side, device=device)
-    return {**batch, **caption_fields(cfg, batch_size, device)}
+    return {**batch, **caption_fields(cfg, data, batch_size, device)}
 
 
-def caption_fields(cfg, batch_size: int, device: torch.device) -> dict:
-    """Image-text objectives (CLIP): captions of 8 to context_length tokens, padded to context_length as the
-    data modules pad them; nothing for other objectives."""
-    from selfsup.checks import target_attr
+def waveform_batch(cfg, data, batch_size: int, device: torch.device, views: list[dict], i: int) -> dict:
+    """Audio data: random clips for every view, as the workers hand them over (the step makes their spectrograms
+    and views on the device, as in training), plus captions for audio-text data."""
+    keys = torch.arange(batch_size, device=device) + i * batch_size
+    views = views or [{"key": "audio"}]
+    clips = {spec["key"]: 0.1 * torch.randn(batch_size, data.length, device=device) for spec in views}
+    return {**clips, "key": keys, "index": keys, **caption_fields(cfg, data, batch_size, device)}
+
+
+def caption_fields(cfg, data, batch_size: int, device: torch.device) -> dict:
+    """Paired data for an objective with a text tower (CLIP, CLAP): captions of 8 to context_length tokens,
+    padded to context_length as the data modules pad them; nothing otherwise (MAE on the sounds of pairs)."""
     from selfsup.data_facts import TokenizerInfo
+    from selfsup.modalities import PAIRED_MODALITIES
 
-    if target_attr(cfg.objective, "modality") != "image-text":
+    if data.modality not in PAIRED_MODALITIES or cfg.objective.get("text_tower") is None:
         return {}
     info = TokenizerInfo.default(int(cfg.objective.text_tower.vocab_size))
     length = int(cfg.data.context_length)
@@ -133,20 +140,24 @@ def main(overrides: list[str]) -> dict:
     optimizer = module.configure_optimizers()["optimizer"]
     if device.type == "cuda":
         module.to(memory_format=torch.channels_last)
-    on_device = getattr(data, "augment_on", "cpu") == "gpu" or pipeline
+    audio = data.modality in ("audio", "audio-text")
+    on_device = audio or getattr(data, "augment_on", "cpu") == "gpu" or pipeline
     if pipeline:
         loader = iter(data.train_dataloader())
         next_batch = lambda: {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v  # noqa: E731
                               for k, v in next(loader).items()}
+    elif audio:
+        batches = [waveform_batch(cfg, data, batch_size, device, objective.views, i) for i in range(2)]
+        next_batch = lambda: dict(batches[counter["i"] % 2])  # noqa: E731
     elif on_device:  # uint8 images as the workers hand them over
         size, channels = cfg.data.image_size, cfg.data.channels
         shape = (batch_size, channels, size, size)
         batches = [{"source": torch.randint(0, 256, shape, dtype=torch.uint8, device=device),
                     "key": torch.arange(batch_size, device=device) + i * batch_size,
-                    **caption_fields(cfg, batch_size, device)} for i in range(2)]
+                    **caption_fields(cfg, data, batch_size, device)} for i in range(2)]
         next_batch = lambda: dict(batches[counter["i"] % 2])  # noqa: E731
     else:
-        batches = [synthetic_batch(cfg, batch_size, device, objective.views) for _ in range(2)]
+        batches = [synthetic_batch(cfg, data, batch_size, device, objective.views) for _ in range(2)]
         next_batch = lambda: batches[counter["i"] % 2]  # noqa: E731
     use_bf16 = device.type == "cuda"
     counter = {"i": 0}

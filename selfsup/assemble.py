@@ -38,6 +38,7 @@ from selfsup.evaluation.pretrained import Pretrained, backbone_state, load_weigh
 from selfsup.evaluation.protocol import EVAL_VIEWS, Protocol
 from selfsup.evaluation.zero_shot import class_names_of
 from selfsup.instantiate import build, trusted_node
+from selfsup.modalities import PAIRED_MODALITIES, accepted, reads, without_text
 from selfsup.module import PretrainModule
 from selfsup.objectives.base import Objective
 from selfsup.optim import OptimConfig
@@ -145,15 +146,20 @@ def close_loggers(trainer: pl.Trainer) -> None:
 
 
 def zero_shot_data(node: Any, train_data: Any, seed: int) -> Any:
-    """monitors.zero_shot.data built for the run: labelled images at the run's image size, channel count and
-    normalisation (what the image tower expects), checked before training starts."""
+    """monitors.zero_shot.data built for the run: labelled images (or sounds) with the run's input settings (image
+    size, channels and normalisation; sample rate, clip length and spectrogram: what the tower expects) and, where
+    it has captions, the run's tokenizer; checked before training starts."""
     what = "monitors.zero_shot.data"
     node = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
-    if target_attr(node, "modality", "image") != "image":
-        raise ConfigError(f"{what} must be labelled image data, got {node._target_}; e.g. "
-                          f"data@{what}=image_folder {what}.root=DIR")
-    node.image_size, node.channels = train_data.image_size, train_data.channels
-    node.mean, node.std = train_data.mean.flatten().tolist(), train_data.std.flatten().tolist()
+    media = without_text(train_data.modality)
+    if not reads(media, target_attr(node, "modality", "image")):
+        raise ConfigError(f"{what} must be labelled {media} data, got {node._target_}; e.g. "
+                          f"data@{what}={media}_folder {what}.root=DIR")
+    for key, value in train_data.input_settings().items():
+        node[key] = value
+    if node.get("tokenizer") is not None:  # captions of its own: tokenized as the run's
+        train_data.tokenizer_info  # resolves the run's tokenizer, if it is not yet
+        node.tokenizer.path = str(train_data.tokenizer_path)
     data = build(node, views=EVAL_VIEWS, seed=seed)
     data.setup()
     check_labelled(data, what)
@@ -173,7 +179,7 @@ def build_monitors(cfg: Any, data: Any, seed: int = 0) -> list[pl.Callback]:
         return []
     monitors: list[pl.Callback] = []
     zero_shot = cfg.get("zero_shot")
-    if data.modality == "image-text" and zero_shot is not None:  # needs captions, not labels
+    if data.modality in PAIRED_MODALITIES and zero_shot is not None:  # needs captions, not labels
         labelled = zero_shot_data(zero_shot.data, data, seed) if zero_shot.get("data") is not None else None
         settings = {key: value for key, value in zero_shot.items() if key != "data"}
         monitors.append(build(OmegaConf.create(settings), max_val_samples=cfg.get("max_val_samples", "auto"),
@@ -267,14 +273,14 @@ def verified_checkpoint(path: Path, run_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"{one_line(e)}; give another checkpoint of {run_dir} with checkpoint=FILE") from None
 
 
-def load_pretrained(path: str | Path | None, eval_model_modality: str | None = None, random_init: bool = False,
-                    seed: int = 0) -> Pretrained:
+def load_pretrained(path: str | Path | None, eval_model_modality: str | tuple[str, ...] | None = None,
+                    random_init: bool = False, seed: int = 0) -> Pretrained:
     """Rebuild the run's backbone and objective from its config.yaml (checked: run folders are data), load the
     checkpoint's weights (strictly), and return the objective's evaluation model (Objective.eval_model).
 
     That is the backbone, or the teacher's copy of it (DINO), or, for a protocol that asks for an
-    `eval_model_modality` (zero-shot: `image-text`), a model of that modality (a dual encoder); a run whose eval
-    model has another modality is a ConfigError. A model of another modality than the backbone's, which a
+    `eval_model_modality` (zero-shot: `image-text` or `audio-text`), a model of that modality (a dual encoder); a
+    run whose eval model has another modality is a ConfigError. A model of another modality than the backbone's, which a
     protocol did not ask for, is left aside: kNN on a CLIP run embeds with its image tower. `random_init`: the
     same architecture at its random initialisation (seeded), no weights loaded: the floor that pretraining must
     beat, measured by the same protocol on the same data.
@@ -290,10 +296,10 @@ def load_pretrained(path: str | Path | None, eval_model_modality: str | None = N
     objective = build(run_cfg.objective, backbone=backbone)
     model = objective.eval_model(backbone)
     have = getattr(model, "modality", None)
-    if eval_model_modality is not None and have != eval_model_modality:
+    if eval_model_modality is not None and have not in accepted(eval_model_modality):
         raise ConfigError(f"{run_dir} was trained with {type(objective).__name__}, whose evaluation model takes "
-                          f"{have} input; this protocol needs an {eval_model_modality} model (a run of an "
-                          f"objective that trains one)")
+                          f"{have} input; this protocol needs an {' or '.join(accepted(eval_model_modality))} model "
+                          "(a run of an objective that trains one)")
     if eval_model_modality is None and have != getattr(backbone, "modality", None):
         model = backbone
     if model is not backbone and not random_init:

@@ -15,6 +15,7 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from selfsup.errors import ConfigError
+from selfsup.modalities import accepted, reads, without_text
 from selfsup.runs import try_writing
 
 GROUPS = ("backbone", "objective", "data", "trainer", "optim", "logger", "callbacks", "experiment")
@@ -68,21 +69,23 @@ def target_attr(node: Any, attr: str, default: Any = None) -> Any:
 
 
 def check_modalities(cfg: Any, read: Callable[[Any, str], Any] = target_attr) -> None:
-    """The objective, the backbone and the data must agree on the modality (image, text, image-text). `read(node,
+    """The objective, the backbone and the data must agree on the modality (selfsup/modalities.py). `read(node,
     attr)`: a class attribute of a node's `_target_` (imported; config_check.declared reads it from source)."""
-    wanted_data = read(cfg.objective, "modality")
+    wanted_data = accepted(read(cfg.objective, "modality"))
     # an objective may train a backbone of another modality than its data (image-text data, an image backbone)
-    wanted_backbone = read(cfg.objective, "backbone_modality") or wanted_data
+    wanted_backbone = accepted(read(cfg.objective, "backbone_modality")) or wanted_data
+    objective = str(cfg.objective.get("_target_", "")).rsplit(".", 1)[-1]
+    have = {group: read(cfg[group], "modality") for group in ("backbone", "data")}
     for group, wanted in (("backbone", wanted_backbone), ("data", wanted_data)):
-        have = read(cfg[group], "modality")
-        if wanted == "image" and have == "image-text":  # image objectives use the images of pairs
-            continue
-        if wanted and have and have != wanted:
-            objective = str(cfg.objective.get("_target_", "")).rsplit(".", 1)[-1]
+        if wanted and have[group] and not any(reads(w, have[group]) for w in wanted):
+            names = " or ".join(wanted)
             raise ConfigError(
-                f"objective {objective} needs {wanted} {group}, but the chosen {group} is {have}; pick an {wanted} "
-                f"{group} (or drop the {group}= override to use the objective's default)"
+                f"objective {objective} needs {names} {group}, but the chosen {group} is {have[group]}; pick an "
+                f"{names} {group} (or drop the {group}= override to use the objective's default)"
             )
+    if have["backbone"] and have["data"] and not reads(have["backbone"], have["data"]):
+        raise ConfigError(f"the chosen backbone takes {have['backbone']} input, but the data is {have['data']}; pick "
+                          f"a {without_text(have['data'])} backbone for this data (or other data)")
 
 
 def cluster_gpus() -> bool | None:

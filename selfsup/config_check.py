@@ -239,7 +239,10 @@ def declared(target: str | None, attr: str, depth: int = 0) -> Any:
                 targets = statement.targets if isinstance(statement, ast.Assign) else \
                     [statement.target] if isinstance(statement, ast.AnnAssign) and statement.value else []
                 if any(isinstance(t, ast.Name) and t.id == attr for t in targets):
-                    return statement.value.value if isinstance(statement.value, ast.Constant) else None
+                    try:  # a constant or a tuple of them (`modality = ("image", "audio")`)
+                        return ast.literal_eval(statement.value)
+                    except (ValueError, TypeError, SyntaxError):
+                        return None
             for base in node.bases:
                 if isinstance(base, ast.Name):
                     found = declared(imported.get(base.id, f"{module}.{base.id}"), attr, depth + 1)

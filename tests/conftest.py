@@ -151,6 +151,22 @@ def train_whole_and_resumed(train, args: list[str], tmp_path: Path, step: int) -
     return full, resumed
 
 
+def assert_same_losses_and_weights(single: Path, ddp: Path, steps: int) -> dict[str, torch.Tensor]:
+    """A two-process run logged the one-process run's losses at each of `steps` steps and ended at its weights
+    (to float32 rounding); returns the one-process run's final state dict."""
+    import csv
+
+    losses = [[float(row["train/loss"]) for row in csv.DictReader((d / "metrics.csv").open()) if row.get("train/loss")]
+              for d in (single, ddp)]
+    assert len(losses[0]) == steps
+    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-5, atol=1e-6)
+    a, b = (torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+            for d in (single, ddp))
+    for name, tensor in a.items():
+        torch.testing.assert_close(b[name], tensor, rtol=0, atol=5e-6, msg=name)
+    return a
+
+
 def assert_same_last_checkpoint(a: Path, b: Path, global_step: int) -> None:
     """Two run folders end at the same step with bit-identical weights."""
     ckpt_a, ckpt_b = (torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)

@@ -14,5 +14,5 @@ def test_objective_with_a_backbone_of_another_modality_is_refused():
         "backbone": {"_target_": "targets.TextBackbone"},
         "data": {"_target_": "selfsup.data.synthetic.Synthetic"},
     })
-    with pytest.raises(ConfigError, match="objective MAE needs image backbone, but the chosen backbone is text"):
+    with pytest.raises(ConfigError, match="objective MAE needs image or audio backbone, but the chosen backbone is"):
         check_modalities(cfg)

@@ -39,6 +39,11 @@ CASES = {
     "mlm-nsp": ["objective=mlm", "backbone=text_tiny", "objective.next_sentence=true"],
     "clip": ["objective=clip", *SMALL_VIT[:2], "data.image_size=32", "backbone.patch_size=8",
              "backbone@objective.text_tower=text_tiny"],
+    # audio: spectrograms (B, 1, 64 mel bins, 128 frames)
+    "mae-audio": ["objective=mae", "backbone=audio_vit_tiny", "+backbone.depth=2", "data=asterisk",
+                  "objective.mask_ratio=0.8", "objective.decoder_depth=1"],
+    "byol-cnn14": ["objective=byol", "backbone=cnn14", "backbone.width=4", "data=asterisk"],
+    "clap": ["objective=clap", "+backbone.depth=2"],
 }
 BATCH, LENGTH = 4, 16
 
@@ -52,7 +57,7 @@ def padded_tokens(vocab_size: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids * mask, "attention_mask": mask}
 
 
-def batch_for(cfg, objective) -> dict[str, torch.Tensor]:
+def batch_for(cfg, objective, backbone) -> dict[str, torch.Tensor]:
     batch = {"key": torch.arange(BATCH)}
     if objective.modality == "text":
         batch.update(padded_tokens(cfg.backbone.vocab_size))
@@ -62,8 +67,9 @@ def batch_for(cfg, objective) -> dict[str, torch.Tensor]:
         return batch
     for view in objective.views or [{"key": "image"}]:
         size = view.get("size") or 32  # multi-crop views have their own size
-        batch[view["key"]] = torch.randn(BATCH, 3, size, size)
-    if objective.modality == "image-text":
+        shape = (1, *backbone.img_size) if backbone.modality == "audio" else (3, size, size)
+        batch[view["key"]] = torch.randn(BATCH, *shape)
+    if hasattr(objective, "text_tower"):  # a dual encoder: captions too
         batch.update(padded_tokens(cfg.objective.text_tower.vocab_size))
     return batch
 
@@ -76,7 +82,7 @@ def test_training_step_traces_without_graph_breaks(name):
     backbone = instantiate(cfg.backbone)
     objective = instantiate(cfg.objective, backbone=backbone, _convert_="all")
     resolve_view_sizes(objective.views, 32, getattr(backbone, "patch_size", 1))  # as the assembly layer does
-    batch = batch_for(cfg, objective)
+    batch = batch_for(cfg, objective, backbone)
     eager_loss = objective(backbone, batch).loss
 
     torch._dynamo.reset()

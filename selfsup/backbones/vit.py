@@ -18,16 +18,31 @@ from selfsup.errors import ConfigError
 
 PATCH_CHOICES = (16, 8, 4, 2)
 MIN_PATCHES_PER_SIDE = 7
+MIN_PATCHES_FALLBACK = 4  # short sides (few mel bins) that no patch divides into 7: the next best grid
 
 
-def auto_patch_size(img_size: int) -> int:
-    """The largest of 16, 8, 4, 2 that divides the image and leaves at least 7 patches per side.
+def as_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """(height, width) of an image size given as one side (square) or a pair (spectrograms: mel bins x frames)."""
+    if isinstance(size, int):
+        return size, size
+    pair = tuple(int(s) for s in size)  # OmegaConf gives a ListConfig
+    if len(pair) != 2:
+        raise ConfigError(f"an image size is one number or a pair (height, width), got {list(size)}")
+    return pair
 
-    224 px -> 16 (14x14), 96 -> 8 (12x12), 32 -> 4 (8x8), 28 -> 4 (7x7): the grids SSL papers use.
+
+def auto_patch_size(img_size: int | tuple[int, int]) -> int:
+    """The largest of 16, 8, 4, 2 that divides both sides and leaves at least 7 patches on the shorter one (else 4).
+
+    224 px -> 16 (14x14), 96 -> 8 (12x12), 32 -> 4 (8x8), 28 -> 4 (7x7): the grids SSL papers use;
+    64 x 128 (mel bins x frames) -> 8 (8x16), 128 x 1024 -> 16 (8x64).
     """
-    for p in PATCH_CHOICES:
-        if img_size % p == 0 and img_size // p >= MIN_PATCHES_PER_SIDE:
-            return p
+    h, w = as_pair(img_size)
+    dividing = [p for p in PATCH_CHOICES if h % p == 0 and w % p == 0]
+    for least in (MIN_PATCHES_PER_SIDE, MIN_PATCHES_FALLBACK):
+        for p in dividing:
+            if min(h, w) // p >= least:
+                return p
     raise ConfigError(f"no patch size in {PATCH_CHOICES} fits image size {img_size}; set backbone.patch_size")
 
 
@@ -57,7 +72,7 @@ class ViT(nn.Module):
     def __init__(
         self,
         name: str = "vit_small_patch16_224",
-        img_size: int = 224,
+        img_size: int | tuple[int, int] = 224,
         patch_size: int | str = "auto",
         in_chans: int = 3,
         pos_embed: str = "sincos",
@@ -71,13 +86,17 @@ class ViT(nn.Module):
         """`registers`: extra learned tokens after [CLS] (Darcet et al. 2024, as DINOv2 uses; timm's reg_tokens);
         `layer_scale`: the initial value of per-channel residual scales (CaiT, DINOv2: 1e-5; timm's
         init_values); `drop_path_rate`: stochastic depth; `freeze_patch_embed`: the patch projection keeps its random
-        initial weights (MoCo v3's ViT recipe, which it found to stabilise training)."""
+        initial weights (MoCo v3's ViT recipe, which it found to stabilise training). `img_size`: one side, or
+        (height, width) for non-square inputs (spectrograms)."""
         super().__init__()
+        if not isinstance(img_size, int):
+            img_size = as_pair(img_size)
+        height, width = as_pair(img_size)
         if not timm.is_model(name):
             raise ConfigError(f"unknown timm model '{name}' for backbone.name; list ViTs with "
                               "timm.list_models('vit_*')")
         patch = auto_patch_size(img_size) if patch_size == "auto" else int(patch_size)
-        if img_size % patch:
+        if height % patch or width % patch:
             raise ConfigError(
                 f"image size {img_size} is not divisible by patch size {patch}; "
                 f"set backbone.patch_size to a divisor of {img_size} (or 'auto')"
@@ -120,7 +139,7 @@ class ViT(nn.Module):
         self.pool = pool
         self.registers = registers
         self.layer_scale = layer_scale
-        self.grid = (img_size // patch, img_size // patch)
+        self.grid = (height // patch, width // patch)
         self.num_patches = self.grid[0] * self.grid[1]
         self.embed_dim = self.vit.embed_dim
         self.num_prefix = self.vit.num_prefix_tokens

@@ -36,11 +36,13 @@ from selfsup.evaluation.features import FeatureSet, extract, num_classes_of
 from selfsup.evaluation.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_accuracy
 from selfsup.evaluation.linear import LinearProbe, evaluate_probe, make_optimizer
 from selfsup.evaluation.zero_shot import (
-    DEFAULT_TEMPLATES,
     class_embeddings,
+    default_templates,
     dual_encoder_metrics,
+    media_of,
     pair_ids,
 )
+from selfsup.modalities import PAIRED_MODALITIES
 
 AUTO_CAPS = {"cuda": {"train": 50_000, "val": 10_000}, "cpu": {"train": 512, "val": 256}}
 
@@ -94,7 +96,7 @@ def probed_backbone(pl_module: pl.LightningModule) -> torch.nn.Module:
     """The backbone that kNN, the probes and the health monitors embed with: the eval model (DINO's teacher), or the
     run's own backbone where the eval model is a dual encoder (CLIP's image tower, before its projection)."""
     model = eval_model(pl_module)
-    return pl_module.backbone if getattr(model, "modality", None) == "image-text" else model
+    return pl_module.backbone if getattr(model, "modality", None) in PAIRED_MODALITIES else model
 
 
 class EvalFeatures(pl.Callback):
@@ -293,26 +295,26 @@ class LinearProbeMonitor(pl.Callback):
 
 
 class ZeroShotMonitor(pl.Callback):
-    """Image-text eval models (Objective.eval_model; a dual encoder): zero-shot top-1 / top-5 on labelled
-    validation images (class names x prompt templates) and
-    image <-> text Recall@1/5/10 on the held-out pairs (evaluation/zero_shot.py), every N epochs and at the end of
-    training. The labelled images are `data` (e.g. an ImageNet validation folder, as open_clip evaluates during
-    training), else the training data's own labels. Retrieval ranks each query among the (capped) validation
-    pairs. Inert for objectives whose eval model is not image-text."""
+    """Image-text and audio-text eval models (Objective.eval_model; a dual encoder): zero-shot top-1 / top-5 on
+    labelled validation images or sounds (class names x prompt templates) and image (audio) <-> text Recall@1/5/10
+    on the held-out pairs (evaluation/zero_shot.py), every N epochs and at the end of training. The labelled images
+    (or sounds) are `data` (e.g. an ImageNet validation folder, as open_clip evaluates during training), else the
+    training data's own labels. Retrieval ranks each query among the (capped) validation pairs. Inert for
+    objectives whose eval model is not a dual encoder."""
 
     def __init__(self, every_n_epochs: int = 1, templates: Sequence[str] | None = None,
                  max_val_samples: int | str | None = "auto", batch_size: int | None = None, data: Any = None) -> None:
         if every_n_epochs < 0:
             raise ConfigError(f"monitors.zero_shot.every_n_epochs must be >= 0, got {every_n_epochs}")
         self.every_n_epochs = every_n_epochs
-        self.templates = list(templates or DEFAULT_TEMPLATES)
+        self.templates = list(templates) if templates else None  # None: default_templates of the model
         self.pairs = EvalFeatures(max_val_samples=max_val_samples, batch_size=batch_size, encoder=eval_model)
         self.labelled = EvalFeatures(max_val_samples=max_val_samples, batch_size=batch_size, encoder=eval_model,
                                      data=data) if data is not None else None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dual = eval_model(pl_module)
-        if getattr(dual, "modality", None) != "image-text" or not due(trainer, self.every_n_epochs):
+        if getattr(dual, "modality", None) not in PAIRED_MODALITIES or not due(trainer, self.every_n_epochs):
             return
         own = trainer.datamodule
         class_emb = self._class_embeddings(own if self.labelled is None else self.labelled.data, dual, pl_module,
@@ -320,11 +322,11 @@ class ZeroShotMonitor(pl.Callback):
         metrics: dict[str, float] = {}
         if self.labelled is not None:
             images = self.labelled.get(trainer, pl_module, "val")
-            metrics.update(dual_encoder_metrics(images, class_emb))
+            metrics.update(dual_encoder_metrics(images, class_emb, media=media_of(dual)))
             class_emb = None  # the training data's own labels are not classified then
         pairs = self.pairs.get(trainer, pl_module, "val")
         if pairs is not None:
-            metrics.update(dual_encoder_metrics(pairs, class_emb, pair_ids(own, "val", pairs.index)))
+            metrics.update(dual_encoder_metrics(pairs, class_emb, pair_ids(own, "val", pairs.index), media_of(dual)))
         self.pairs.clear()
         if self.labelled is not None:
             self.labelled.clear()
@@ -338,7 +340,8 @@ class ZeroShotMonitor(pl.Callback):
             return None
         dual.eval()
         try:
-            return class_embeddings(dual.encode_text, trainer.datamodule.captions(), names, self.templates,
+            templates = self.templates or default_templates(dual, data)
+            return class_embeddings(dual.encode_text, trainer.datamodule.captions(), names, templates,
                                     pl_module.device, trainer.precision_plugin.forward_context)
         finally:
             dual.train()

@@ -76,9 +76,10 @@ def export(checkpoint: str | Path, out: str | Path) -> Export:
         config = export_dual(pre, model, target, run_tokenizer_path(pre.run_cfg, pre.run_dir), lowercase,
                              pretraining_normalization(pre.run_cfg))
         library, tag = "transformers", "zero-shot-image-classification"
-    elif isinstance(pre.backbone, (ViT, ResNet)):
+    elif isinstance(pre.backbone, (ViT, ResNet)):  # an audio ViT too: a timm ViT on spectrograms
         config = export_image(pre, target, pretraining_normalization(pre.run_cfg))
-        library, tag = "timm", "image-feature-extraction"
+        audio = getattr(pre.backbone, "modality", None) == "audio"
+        library, tag = "timm", "feature-extraction" if audio else "image-feature-extraction"
     elif isinstance(pre.backbone, TextTransformer):
         config = export_text(pre.backbone, target, run_tokenizer_path(pre.run_cfg, pre.run_dir), lowercase, head,
                              source)

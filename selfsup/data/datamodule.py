@@ -91,6 +91,8 @@ class KeyedDataModule(pl.LightningDataModule):
         self._resume: dict[str, int] | None = None
         self._count_epoch = 0  # training batches consumed in the current epoch
         self._batches_done = 0
+        self.base_sets: tuple[Dataset, Dataset | None] | None = None  # sources with augmented views: their own data
+        self._eval_sets: dict[str, Dataset | None] = {}  # keyed_base's
 
     def facts(self) -> DataFacts:
         """What the objective is told of this data (Objective.bind_data); a tokenizer is resolved here if the
@@ -201,6 +203,16 @@ class KeyedDataModule(pl.LightningDataModule):
         self.setup()
         return self.train_set if split == "train" else self.val_set
 
+    def keyed_base(self, split: str, views: dict[str, Any]) -> Dataset | None:
+        """`split` of the source's own datasets (`base_sets`, set by build_datasets) with deterministic `views`, made
+        once: the evaluation datasets of modules whose training views are augmented (images, audio)."""
+        KeyedDataModule.eval_dataset(self, split)  # checks the split, builds the datasets
+        if split not in self._eval_sets:
+            base = self.base_sets[0 if split == "train" else 1]
+            self._eval_sets[split] = None if base is None or len(base) == 0 else KeyedViews(
+                base, views, self.seed, self.on_error, self.source)
+        return self._eval_sets[split]
+
     def has_labels(self) -> bool:
         """Whether samples carry a `label` (what kNN, probes and fine-tuning need)."""
         return "label" in self.eval_dataset("train")[(0, 0)]
@@ -273,8 +285,6 @@ class ImageDataModule(KeyedDataModule):
         self._stats_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._device_views = device_views
         self.views = [ViewSpec.parse(v) for v in (views or [{"key": "image"}])]
-        self.base_sets: tuple[Dataset, Dataset | None] | None = None  # the sources' (image, label) datasets
-        self._eval_sets: dict[str, Dataset | None] = {}
 
     def load(self) -> tuple[Dataset, Dataset | None]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -291,12 +301,7 @@ class ImageDataModule(KeyedDataModule):
 
     def eval_dataset(self, split: str) -> Dataset | None:
         """The source's images as one `image` field, resized and centre-cropped (eval views), with labels."""
-        super().eval_dataset(split)  # checks the split, builds the datasets
-        if split not in self._eval_sets:
-            base = self.base_sets[0 if split == "train" else 1]
-            self._eval_sets[split] = None if base is None or len(base) == 0 else KeyedViews(
-                base, eval_views([ViewSpec(key=EVAL_KEY)], self.image_size), self.seed, self.on_error, self.source)
-        return self._eval_sets[split]
+        return self.keyed_base(split, eval_views([ViewSpec(key=EVAL_KEY)], self.image_size))
 
     def class_names(self) -> list[str] | None:
         """The label names in label order, where the source has them (what zero-shot prompts are made of)."""
@@ -331,6 +336,11 @@ class ImageDataModule(KeyedDataModule):
             mean, std = self.stats_on(x.device)
             batch[key] = (x - mean) / std
         return batch
+
+    def input_settings(self) -> dict[str, Any]:
+        """What another image data module needs to give a backbone trained on this one the same input."""
+        return {"image_size": self.image_size, "channels": self.channels, "mean": self.mean.flatten().tolist(),
+                "std": self.std.flatten().tolist()}
 
     def stats_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """mean and std on `device`, copied there once: a copy from pageable host memory waits for the GPU."""

@@ -25,13 +25,16 @@ from selfsup.data.tokenizer import Tokenized, tokenizer_settings
 from selfsup.errors import ConfigError, DataError
 
 
-class ImageTextDataModule(Tokenized, ImageDataModule):
-    """Subclasses implement `read_pairs()` -> (training pairs, validation pairs or None) and `identity()` (what
-    names the captions for the tokenizer cache). Without validation pairs, `val_fraction` of the pairs are held
-    out by a hash of the image path (the same split on every run and machine)."""
+class CaptionedPairs(Tokenized):
+    """What image-text and audio-text data share: pairs of a file and its caption, their split, class names, the
+    caption tokenizer and fixed-length captions. Mixed into a data module of the paired modality (ImageTextDataModule
+    below, data/audio_text.py), which turns the pairs into datasets (`load`).
 
-    modality = "image-text"
-    name = "image_text"
+    Subclasses implement `read_pairs()` -> (training pairs, validation pairs or None) and `identity()` (what names
+    the captions for the tokenizer cache). Without validation pairs, `val_fraction` of the pairs are held out by a
+    hash of the file's name (the same split on every run and machine)."""
+
+    source: str
 
     def __init__(self, tokenizer: Mapping[str, Any] | None = None, context_length: int = 77,
                  val_fraction: float = 0.02, **kwargs: Any) -> None:
@@ -57,7 +60,7 @@ class ImageTextDataModule(Tokenized, ImageDataModule):
         if self._splits is None:
             train, val = self.read_pairs()
             if len(train) == 0:
-                raise DataError(f"{self.source} holds no image-text pairs; check the manifest")
+                raise DataError(f"{self.source} holds no {self.modality} pairs; check the manifest")
             if val is None:
                 held = holdout(train.names or train.paths, self.val_fraction)
                 if self.val_fraction > 0 and not held.any():
@@ -79,15 +82,15 @@ class ImageTextDataModule(Tokenized, ImageDataModule):
         captions = self.splits()[0].captions
         return {"pairs": self.identity(), "val_fraction": self.val_fraction}, lambda: iter(captions), len(captions)
 
-    def image_identity(self, path: str) -> str:
-        """What makes two rows the same image for retrieval: the path (sources with copies override this)."""
+    def media_identity(self, path: str) -> str:
+        """What makes two rows the same image (or sound) for retrieval: the path (sources with copies override this)."""
         return path
 
     def pair_ids(self, split: str, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image and caption ids of rows `index` of `split`: rows sharing an image (or a caption) share its id."""
+        """Media and caption ids of rows `index` of `split`: rows sharing a file (or a caption) share its id."""
         pairs = self.splits()[0 if split == "train" else 1]
         rows = index.tolist()
-        images = [self.image_identity(pairs.paths[i]) for i in rows]
+        images = [self.media_identity(pairs.paths[i]) for i in rows]
         texts = [pairs.captions[i] for i in rows]
         number = lambda values: {v: n for n, v in enumerate(dict.fromkeys(values))}  # noqa: E731
         image_number, text_number = number(images), number(texts)
@@ -97,6 +100,13 @@ class ImageTextDataModule(Tokenized, ImageDataModule):
     def captions(self) -> Captions:
         return Captions(self.tokenizer, self.tokenizer_info, self.context_length)
 
+
+class ImageTextDataModule(CaptionedPairs, ImageDataModule):
+    """Image-text pairs: each pair's image as the objective's view(s), its caption as token ids."""
+
+    modality = "image-text"
+    name = "image_text"
+
     def load(self) -> tuple[Dataset, Dataset | None]:
         train, val = self.splits()
         classes, captions = self.class_names(), self.captions()
@@ -104,19 +114,21 @@ class ImageTextDataModule(Tokenized, ImageDataModule):
                 PairFiles(val, captions, classes, self.channels) if len(val) else None)
 
 
-class ImageTextManifest(ImageTextDataModule):
-    """Pairs listed in `manifest` (and `val_manifest`, else a held-out fraction)."""
+class ManifestPairs:
+    """Pairs listed in `manifest` (and `val_manifest`, else a held-out fraction): mixed into a CaptionedPairs data
+    module; `path_key` names the column of the files (data.image_key, data.audio_key)."""
 
-    name = "image_text_manifest"
+    name: str
+    what = "image"  # the files, for messages
 
-    def __init__(self, manifest: str | None = None, val_manifest: str | None = None, image_key: str = "image",
+    def __init__(self, manifest: str | None = None, val_manifest: str | None = None, path_key: str = "image",
                  caption_key: str = "caption", label_key: str | None = None, check_paths: bool = True,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.manifest = manifest
         self.val_manifest = val_manifest
-        self.keys = {"image_key": image_key, "caption_key": caption_key, "label_key": label_key,
-                     "check_paths": check_paths}
+        self.keys = {"path_key": path_key, "caption_key": caption_key, "label_key": label_key,
+                     "check_paths": check_paths, "what": self.what}
 
     @property
     def source(self) -> str:
@@ -124,7 +136,7 @@ class ImageTextManifest(ImageTextDataModule):
 
     def manifests(self) -> tuple[str, str | None]:
         if not self.manifest:
-            raise ConfigError(f"data={self.name} needs data.manifest=FILE: a .jsonl, .csv or .tsv of image paths "
+            raise ConfigError(f"data={self.name} needs data.manifest=FILE: a .jsonl, .csv or .tsv of {self.what} paths "
                               "and captions")
         return self.manifest, self.val_manifest
 
@@ -135,3 +147,37 @@ class ImageTextManifest(ImageTextDataModule):
     def read_pairs(self) -> tuple[Pairs, Pairs | None]:
         train, val = self.manifests()
         return read_manifest(train, **self.keys), read_manifest(val, **self.keys) if val else None
+
+
+class PreparedManifests(ManifestPairs):
+    """Sources whose manifests selfsup writes itself (train.jsonl, val.jsonl), once, into `cache_folder()` (keyed by
+    the source's files and settings) with `prepare(folder)`; an explicit data.manifest is used as it is."""
+
+    def cache_folder(self) -> Path:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def prepare(self, folder: Path) -> tuple[Path, Path]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def manifests(self) -> tuple[str, str | None]:
+        if self.manifest is None:
+            folder = self.cache_folder()
+            train, val = folder / "train.jsonl", folder / "val.jsonl"
+            if not (train.is_file() and val.is_file()):
+                try:
+                    train, val = self.prepare(folder)
+                except OSError as e:
+                    raise DataError(f"cannot write the {self.name} manifests to {folder}: {e.strerror or e}; set "
+                                    "data.cache_dir to a writable folder") from None
+            self.manifest = str(train)
+            self.val_manifest = str(val)
+        return self.manifest, self.val_manifest
+
+
+class ImageTextManifest(ManifestPairs, ImageTextDataModule):
+    """Image-text pairs listed in a manifest: data.image_key, data.caption_key, data.label_key name its columns."""
+
+    name = "image_text_manifest"
+
+    def __init__(self, image_key: str = "image", **kwargs: Any) -> None:
+        super().__init__(path_key=image_key, **kwargs)

@@ -98,23 +98,24 @@ def read_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
             raise ConfigError(f"manifest {path}: unknown format '{suffix}'; use .jsonl, .csv or .tsv")
 
 
-def read_manifest(path: str | Path, image_key: str = "image", caption_key: str = "caption",
-                  label_key: str | None = None, check_paths: bool = True) -> Pairs:
-    """The pairs of a manifest. Relative image paths resolve against the manifest's folder. A row without the
-    image or caption field, or (with check_paths) an image file that does not exist, is a DataError naming it."""
+def read_manifest(path: str | Path, path_key: str = "image", caption_key: str = "caption",
+                  label_key: str | None = None, check_paths: bool = True, what: str = "image") -> Pairs:
+    """The pairs of a manifest. Relative file paths resolve against the manifest's folder. A row without the
+    file or caption field, or (with check_paths) a file that does not exist, is a DataError naming it. `what`: the
+    kind of file (image, audio), for messages."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"manifest {path} does not exist; give a .jsonl, .csv or .tsv of image paths and captions")
+        raise DataError(f"manifest {path} does not exist; give a .jsonl, .csv or .tsv of {what} paths and captions")
     pairs = Pairs([], [], [] if label_key else None, [])
     try:
         for number, row in read_rows(path):
-            for key in (image_key, caption_key, label_key):
+            for key in (path_key, caption_key, label_key):
                 if key and key not in row:
                     raise DataError(f"{path} line {number} has no '{key}' field (fields: {', '.join(row)}); set "
-                                    "data.image_key / data.caption_key / data.label_key")
-            image = Path(str(row[image_key])).expanduser()
-            pairs.paths.append(str(image if image.is_absolute() else path.parent / image))
-            pairs.names.append(str(row[image_key]))
+                                    f"data.{what}_key / data.caption_key / data.label_key")
+            file = Path(str(row[path_key])).expanduser()
+            pairs.paths.append(str(file if file.is_absolute() else path.parent / file))
+            pairs.names.append(str(row[path_key]))
             pairs.captions.append(str(row[caption_key] or ""))
             if label_key:
                 pairs.labels.append(str(row[label_key]))
@@ -123,8 +124,6 @@ def read_manifest(path: str | Path, image_key: str = "image", caption_key: str =
     if check_paths:
         missing = [p for p in pairs.paths if not os.path.isfile(p)]
         if missing:
-            raise DataError(f"manifest {path}: image {missing[0]} does not exist ({len(missing)} of {len(pairs)} "
+            raise DataError(f"manifest {path}: {what} {missing[0]} does not exist ({len(missing)} of {len(pairs)} "
                             "missing); fix the paths (relative ones resolve against the manifest's folder)")
     return pairs
-
-

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from selfsup.data.image_text import ImageTextManifest
+from selfsup.data.image_text import ImageTextManifest, PreparedManifests
 from selfsup.data.openclipart_prepare import DEBIAN_ROOT, FORMAT_VERSION, prepare
 from selfsup.data.tokenizer import default_cache_dir
 from selfsup.errors import DataError
@@ -33,7 +33,7 @@ def cache_folder(root: Path, val_fraction: float, cache_dir: str | None) -> Path
     return base / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-class OpenClipart(ImageTextManifest):
+class OpenClipart(PreparedManifests, ImageTextManifest):
     """The Open Clip Art pairs, prepared on first use; `label` is the top-level folder (22 classes)."""
 
     name = "openclipart"
@@ -48,23 +48,15 @@ class OpenClipart(ImageTextManifest):
     def source(self) -> str:
         return f"{self.name} ({self.root})"
 
-    def image_identity(self, path: str) -> str:
+    def media_identity(self, path: str) -> str:
         """Copies of a drawing in several sub-folders share their file name: one image for retrieval."""
         return Path(path).name
 
-    def manifests(self) -> tuple[str, str | None]:
-        if self.manifest is None:
-            folder = cache_folder(self.root, self.val_fraction, self.cache_dir)
-            train, val = folder / "train.jsonl", folder / "val.jsonl"
-            if not (train.is_file() and val.is_file()):
-                try:
-                    train, val = prepare(self.root, folder, self.val_fraction)
-                except OSError as e:
-                    raise DataError(f"cannot write the openclipart manifests to {folder}: {e.strerror or e}; set "
-                                    "data.cache_dir to a writable folder") from None
-            self.manifest = str(train)
-            self.val_manifest = str(val)
-        return self.manifest, self.val_manifest
+    def cache_folder(self) -> Path:
+        return cache_folder(self.root, self.val_fraction, self.cache_dir)
+
+    def prepare(self, folder: Path) -> tuple[Path, Path]:
+        return prepare(self.root, folder, self.val_fraction)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,6 @@
-"""The Lightning-free parts of streamed image-text data: WebDataset tar shards (img2dataset's layout) read with the
-`webdataset` library, decoded into pairs and batched as equal-length epochs per rank (data/webdataset_pairs.py)."""
+"""The Lightning-free parts of streamed image-text and audio-text data: WebDataset tar shards (img2dataset's layout;
+LAION-Audio-630K's) read with the `webdataset` library, decoded into pairs and batched as equal-length epochs per
+rank (data/webdataset_pairs.py)."""
 from __future__ import annotations
 
 import io
@@ -17,7 +18,6 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from selfsup.data.decode import decode_image
 from selfsup.data.image_text_datasets import Captions
-from selfsup.data.sampling import READ_ERRORS
 from selfsup.errors import DataError
 from selfsup.keyed_random import sample_key
 
@@ -46,9 +46,10 @@ def expected_pairs(shard: str) -> int | None:
     return None
 
 
-def count_pairs(shard: str) -> int:
-    """Pairs in a shard: img2dataset's <shard>_stats.json `successes`, else the .txt members of the tar (of a tar
-    cut short, those before the cut: the stream reports the cut)."""
+def count_pairs(shard: str, suffixes: Sequence[str] = (".txt",)) -> int:
+    """Pairs in a shard: img2dataset's <shard>_stats.json `successes`, else the members of the tar ending in one of
+    `suffixes` (one per pair: the .txt captions of image shards, the sounds of audio shards; of a tar cut short,
+    those before the cut: the stream reports the cut)."""
     expected = expected_pairs(shard)
     if expected is not None:
         return expected
@@ -57,7 +58,7 @@ def count_pairs(shard: str) -> int:
         with tarfile.open(shard, "r:*") as tar:
             for member in tar:
                 members += 1
-                captions += member.isfile() and member.name.endswith(".txt")
+                captions += member.isfile() and member.name.endswith(tuple(suffixes))
     except (OSError, EOFError, tarfile.TarError) as e:
         if members == 0:
             raise DataError(f"cannot read shard {shard}: {e}; check the file or give data.num_samples") from None
@@ -74,16 +75,39 @@ def stream_layout(shards: int, samples: int, batch_size: int, workers: int, worl
 
 
 def read_captions(shards: Sequence[str]) -> Iterator[str]:
-    """Every caption of the shards (the .txt members), for training a tokenizer; of a shard that cannot be read
-    to its end, those before the break (reading the pairs reports it)."""
+    """Every caption of the shards (caption_of each key's .txt or .json member), for training a tokenizer; of a
+    shard that cannot be read to its end, those before the break (reading the pairs reports it)."""
     for shard in shards:
+        members: dict[str, dict[str, bytes]] = {}
         try:
             with tarfile.open(shard, "r:*") as tar:
                 for member in tar:
-                    if member.isfile() and member.name.endswith(".txt"):
-                        yield tar.extractfile(member).read().decode("utf-8", errors="replace")
+                    key, _, ext = member.name.partition(".")
+                    if member.isfile() and ext in ("txt", "json"):
+                        members.setdefault(key, {})[ext] = tar.extractfile(member).read()
         except (OSError, EOFError, tarfile.TarError):
-            continue
+            pass
+        for raw in members.values():
+            caption = caption_of(raw)
+            if caption is not None:
+                yield caption
+
+
+def caption_of(raw: dict[str, Any]) -> str | None:
+    """A sample's caption: its .txt member, else the `text` (or `caption`) field of its .json (LAION-Audio-630K
+    keeps a list of captions there: the first), else None."""
+    if "txt" in raw:
+        return raw["txt"].decode("utf-8", errors="replace")
+    if "json" not in raw:
+        return None
+    try:
+        fields = json.loads(raw["json"])
+    except (ValueError, UnicodeDecodeError):
+        return None
+    text = fields.get("text", fields.get("caption")) if isinstance(fields, dict) else None
+    if isinstance(text, list):
+        text = text[0] if text else None
+    return str(text) if text is not None else None
 
 
 SKIPPED = "__skipped__"  # key of the marker ShardReader yields after a broken shard: the pairs it lost
@@ -165,30 +189,41 @@ def damage(url: str, seen: int, error: Exception | None, truncated: bool) -> tup
 
 
 class PairDecoder:
-    """A webdataset sample (member bytes by extension) -> our sample dict, or None when its image is unreadable."""
+    """A webdataset sample (member bytes by extension) -> our sample dict, or None when its file does not decode or
+    it has no caption. `decode(bytes)`: the image or waveform of the first member with one of `extensions`,
+    raising one of `errors` when it cannot."""
 
-    def __init__(self, views: dict[str, Callable[[Any, int], torch.Tensor]], captions: Captions, channels: int,
+    def __init__(self, views: dict[str, Callable[[Any, int], torch.Tensor]], captions: Captions,
+                 decode: Callable[[bytes], Any], extensions: Sequence[str], errors: tuple[type[Exception], ...],
                  seed: int) -> None:
         self.views = views
         self.captions = captions
-        self.channels = channels
+        self.decode = decode
+        self.extensions = tuple(extensions)
+        self.errors = errors
         self.seed = seed
 
     def __call__(self, raw: dict[str, Any], epoch: int) -> dict[str, Any] | None:
-        ext = next((e for e in IMAGE_EXTENSIONS if e in raw), None)
-        if ext is None or "txt" not in raw:
+        ext = next((e for e in self.extensions if e in raw), None)
+        caption = caption_of(raw)
+        if ext is None or caption is None:
             return None
         try:
-            image = decode_image(io.BytesIO(raw[ext]), self.channels)
-        except READ_ERRORS:
+            media = self.decode(raw[ext])
+        except self.errors:
             return None
         index = zlib.crc32(str(raw["__key__"]).encode()) & 0x7FFFFFFF  # the pair's identity across passes
         key = sample_key(self.seed, epoch, index)
         sample: dict[str, Any] = {"index": index, "key": key}
         for name, view in self.views.items():
-            sample[name] = view(image, key)
-        sample.update(self.captions(raw["txt"].decode("utf-8", errors="replace")))
+            sample[name] = view(media, key)
+        sample.update(self.captions(caption))
         return sample
+
+
+def image_decoder(channels: int) -> Callable[[bytes], Any]:
+    """Image bytes -> a PIL image of `channels`."""
+    return lambda data: decode_image(io.BytesIO(data), channels)
 
 
 class ShardStream(IterableDataset):
@@ -266,7 +301,8 @@ class ShardStream(IterableDataset):
                     batch = []
             if readable == 0:
                 raise DataError(f"no readable pair in shards {', '.join(shards[:3])} ({skipped} skipped): each key "
-                                f"needs an image ({', '.join(IMAGE_EXTENSIONS)}) that decodes and a .txt caption")
+                                f"needs a file ({', '.join(self.decode.extensions)}) that decodes and a .txt or "
+                                ".json caption")
             pass_number += 1
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

@@ -1,5 +1,7 @@
-"""Image-text pairs streamed from WebDataset tar shards, in the layout img2dataset writes: per key, an image
-(KEY.jpg, .jpeg, .png or .webp) and its caption (KEY.txt); other members (.json) are ignored.
+"""Image-text and audio-text pairs streamed from WebDataset tar shards. Images in the layout img2dataset writes: per
+key, an image (KEY.jpg, .jpeg, .png or .webp) and its caption (KEY.txt; other members such as .json are ignored).
+Audio in LAION-Audio-630K's: per key, a sound (KEY.flac, .wav, .mp3 or .ogg) and its caption (KEY.txt, else the
+`text` field of KEY.json).
 
 Reading and grouping tar members is the `webdataset` library's (tarfile_to_samples, shuffle). Around it:
 - Training streams the shards endlessly. Each pass over them is shuffled by (seed, pass); rank r of W with data
@@ -23,7 +25,11 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import DataLoader, default_collate
 
+from selfsup.data.audio import Clip
+from selfsup.data.audio_signal import read_audio
+from selfsup.data.audio_text import AudioTextDataModule
 from selfsup.data.image_text import ImageTextDataModule
+from selfsup.data.sampling import READ_ERRORS
 from selfsup.data.shards import (
     IMAGE_EXTENSIONS,
     SKIPPED,
@@ -31,6 +37,7 @@ from selfsup.data.shards import (
     ShardStream,
     count_pairs,
     expand_urls,
+    image_decoder,
     read_captions,
     stream_layout,
 )
@@ -38,11 +45,16 @@ from selfsup.data.text_datasets import file_identity
 from selfsup.data.views import eval_views, worker_views
 from selfsup.errors import ConfigError, DataError
 
+AUDIO_MEMBERS = ("flac", "wav", "mp3", "ogg")
 
-class WebDatasetPairs(ImageTextDataModule):
-    """Image-text pairs in WebDataset shards: data.urls (brace pattern, list, or folder of .tar), data.val_urls."""
+
+class ShardPairs:
+    """Pairs in WebDataset shards: data.urls (brace pattern, list, or folder of .tar), data.val_urls. Mixed into a
+    paired data module, which gives `decoder(train)`, its PairDecoder for training or evaluation views, and
+    `pair_members`, the member extensions that count one pair each."""
 
     name = "webdataset"
+    pair_members: tuple[str, ...] = (".txt",)
 
     def __init__(self, urls: str | Sequence[str] | None = None, val_urls: str | Sequence[str] | None = None,
                  num_samples: int | None = None, shuffle_buffer: int = 2000, **kwargs: Any) -> None:
@@ -78,18 +90,18 @@ class WebDatasetPairs(ImageTextDataModule):
     def class_names(self) -> list[str] | None:
         return None
 
+    def decoder(self, train: bool) -> PairDecoder:  # pragma: no cover - abstract
+        raise NotImplementedError
+
     def build_datasets(self) -> tuple[ShardStream, ShardStream | None]:
         self.check_shards()
-        captions = self.captions()
-        train_views = worker_views(self.views, self.image_size, self.augment_on, same_size_source=False)
-        make = lambda shards, views, train: ShardStream(  # noqa: E731
-            shards, PairDecoder(views, captions, self.channels, self.seed), self.batch_size, default_collate,
-            self.seed, self.shuffle_buffer, train)
-        train = make(self.train_shards, train_views, True)
-        val = make(self.val_shards, eval_views(self.views, self.image_size), False) if self.val_shards else None
+        make = lambda shards, train: ShardStream(  # noqa: E731
+            shards, self.decoder(train), self.batch_size, default_collate, self.seed, self.shuffle_buffer, train)
+        train = make(self.train_shards, True)
+        val = make(self.val_shards, False) if self.val_shards else None
         if self.num_samples is None:
-            self.num_samples = sum(count_pairs(s) for s in self.train_shards)
-        self.val_samples = sum(count_pairs(s) for s in self.val_shards)
+            self.num_samples = sum(count_pairs(s, self.pair_members) for s in self.train_shards)
+        self.val_samples = sum(count_pairs(s, self.pair_members) for s in self.val_shards)
         return train, val
 
     def setup(self, stage: str | None = None) -> None:
@@ -131,8 +143,8 @@ class WebDatasetPairs(ImageTextDataModule):
                 return sample
             if count >= 64:
                 break
-        raise DataError(f"no readable pair at the start of {shard}: each key needs an image "
-                        f"({', '.join(IMAGE_EXTENSIONS)}) that decodes and a .txt caption")
+        raise DataError(f"no readable pair at the start of {shard}: each key needs a file "
+                        f"({', '.join(self.train_set.decode.extensions)}) that decodes and a .txt caption")
 
     def _stream_loader(self, stream: ShardStream, samples: int, world: int, rank: int, start_pass: int = 0
                        ) -> DataLoader:
@@ -171,3 +183,28 @@ class WebDatasetPairs(ImageTextDataModule):
         """Streams have no random access: online kNN and probes are off; zero-shot and retrieval read map-style
         data (eval.py data=...)."""
         return None
+
+
+class WebDatasetPairs(ShardPairs, ImageTextDataModule):
+    """Image-text pairs in WebDataset shards (img2dataset's layout)."""
+
+    name = "webdataset"
+
+    def decoder(self, train: bool) -> PairDecoder:
+        views = (worker_views(self.views, self.image_size, self.augment_on, same_size_source=False) if train
+                 else eval_views(self.views, self.image_size))
+        return PairDecoder(views, self.captions(), image_decoder(self.channels), IMAGE_EXTENSIONS, READ_ERRORS,
+                           self.seed)
+
+
+class AudioWebDataset(ShardPairs, AudioTextDataModule):
+    """Audio-text pairs in WebDataset shards (LAION-Audio-630K's layout): one sound member per pair."""
+
+    name = "audio_webdataset"
+    pair_members = tuple(f".{ext}" for ext in AUDIO_MEMBERS)
+
+    def decoder(self, train: bool) -> PairDecoder:
+        random_crop = train and self.augment.random_crop
+        views = {key: Clip(self.length, n, random_crop) for n, key in enumerate(self.view_keys)}
+        return PairDecoder(views, self.captions(), lambda data: read_audio(data, self.sample_rate), AUDIO_MEMBERS,
+                           (DataError,), self.seed)

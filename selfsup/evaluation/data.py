@@ -1,7 +1,8 @@
 """The labelled data an evaluation runs on: the run's own data, or any `data=` choice, fitted to the backbone.
 
 Image data is resized to the size the backbone was pretrained at (a ViT's position grid is fixed) and must
-have its channel count; text data keeps the run's tokenizer (token ids are only meaningful with it).
+have its channel count; audio data takes the run's sample rate, clip length and spectrogram settings; text data
+keeps the run's tokenizer (token ids are only meaningful with it).
 """
 from __future__ import annotations
 
@@ -13,10 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from selfsup.checks import target_attr
 from selfsup.errors import ConfigError, DataError
 from selfsup.evaluation.pretrained import Pretrained
-
-# What data each kind of model evaluates on: image backbones also read the images of image-text pairs, and a
-# CLIP DualEncoder also classifies plain labelled images (zero-shot).
-READS = {"image": ("image", "image-text"), "text": ("text",), "image-text": ("image-text", "image")}
+from selfsup.modalities import AUDIO_INPUT_KEYS, GRID_MODALITIES, evaluates_on
 
 
 def eval_data_node(data_cfg: DictConfig | None, pre: Pretrained, tokenizer: Callable[[], str | None],
@@ -29,7 +27,7 @@ def eval_data_node(data_cfg: DictConfig | None, pre: Pretrained, tokenizer: Call
     node = OmegaConf.create(OmegaConf.to_container(data_cfg if given else run_cfg.data, resolve=True))
     modality = getattr(backbone, "modality", "image")
     have = target_attr(node, "modality")
-    if have and have not in READS[modality]:
+    if have and not evaluates_on(modality, have):
         raise ConfigError(f"the checkpoint's backbone takes {modality} input but data {node._target_} gives {have}; "
                           f"pick {modality} data (or leave data= out to use the run's own)")
     if modality in ("image", "image-text"):
@@ -47,7 +45,11 @@ def eval_data_node(data_cfg: DictConfig | None, pre: Pretrained, tokenizer: Call
         norm = normalization() if given else None
         if norm is not None and len(norm[0]) == data_chans:  # the backbone expects its pretraining input scale
             node.mean, node.std = norm
-    if modality != "image" and node.get("tokenizer") is not None:  # token ids mean the run's tokens
+    if modality in ("audio", "audio-text"):
+        for key in AUDIO_INPUT_KEYS:  # the backbone's input: the run's clips and spectrograms
+            if key in run_cfg.data:
+                node[key] = run_cfg.data[key]
+    if modality not in GRID_MODALITIES and node.get("tokenizer") is not None:  # token ids mean the run's tokens
         node.tokenizer.path = tokenizer()
         if node.get("context_length") is not None:
             node.context_length = OmegaConf.select(run_cfg, "data.context_length", default=node.context_length)

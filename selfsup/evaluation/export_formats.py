@@ -25,16 +25,18 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from selfsup.backbones.resnet import ResNet
-from selfsup.backbones.vit import ViT
+from selfsup.backbones.vit import ViT, as_pair
 from selfsup.errors import ConfigError
 from selfsup.evaluation.pretrained import Pretrained
+from selfsup.modalities import AUDIO_INPUT_KEYS
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
-def _extra_kwargs(backbone_cfg: DictConfig, cls: type) -> dict[str, Any]:
-    """Config keys the selfsup class does not take itself: passed through to timm.create_model (e.g. depth)."""
-    own = set(inspect.signature(cls.__init__).parameters) - {"self", "timm_kwargs", "kwargs"}
+def _extra_kwargs(backbone_cfg: DictConfig, *classes: type) -> dict[str, Any]:
+    """Config keys the selfsup classes (a backbone's and its bases') do not take themselves: passed through to
+    timm.create_model (e.g. depth)."""
+    own = {name for cls in classes for name in inspect.signature(cls.__init__).parameters}
     node = OmegaConf.to_container(backbone_cfg, resolve=True)
     return {k: v for k, v in node.items() if k != "_target_" and k not in own}
 
@@ -43,7 +45,7 @@ def timm_spec(backbone: nn.Module, backbone_cfg: DictConfig) -> dict[str, Any]:
     """The timm name, create_model kwargs and stem of an image backbone."""
     if isinstance(backbone, ViT):
         kwargs = {"img_size": backbone.img_size, "patch_size": backbone.patch_size, "in_chans": backbone.in_chans,
-                  "class_token": True, **_extra_kwargs(backbone_cfg, ViT)}
+                  "class_token": True, **_extra_kwargs(backbone_cfg, ViT, type(backbone))}
         if backbone.registers:
             kwargs["reg_tokens"] = backbone.registers
         if backbone.layer_scale is not None:
@@ -97,14 +99,17 @@ def export_image(pre: Pretrained, out: Path,
     spec = timm_spec(pre.backbone, pre.run_cfg.backbone)
     norm = {} if normalization is None else {"mean": [round(float(v), 6) for v in normalization[0]],
                                              "std": [round(float(v), 6) for v in normalization[1]]}
-    chans, size = pre.backbone.in_chans, pre.backbone.img_size
+    chans, (height, width) = pre.backbone.in_chans, as_pair(pre.backbone.img_size)
     config = {"architecture": spec["name"], "num_classes": 0, "num_features": pre.backbone.num_features,
               "model_args": spec["kwargs"],
-              "pretrained_cfg": {"input_size": [chans, size, size], "num_classes": 0,
+              "pretrained_cfg": {"input_size": [chans, height, width], "num_classes": 0,
                                  "fixed_input_size": isinstance(pre.backbone, ViT),  # learned position grid
                                  "crop_pct": 1.0, **norm},
               "format": "timm", "cifar_stem": spec["cifar_stem"],
               "source": pre.source()}
+    audio = audio_input(pre)
+    if audio is not None:
+        config["audio_input"] = audio
     out.mkdir(parents=True, exist_ok=True)
     save_file(_state(timm_module(pre.backbone)), str(out / WEIGHTS))
     (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
@@ -114,7 +119,7 @@ def export_image(pre: Pretrained, out: Path,
 
 def timm_usage(config: dict[str, Any], where: str, hub: bool) -> str:
     """Python that loads an image export from `where` (a folder, or a Hub repo) and embeds an image."""
-    chans, size = config["pretrained_cfg"]["input_size"][0], config["pretrained_cfg"]["input_size"][1]
+    chans, height, width = config["pretrained_cfg"]["input_size"]
     if config["cifar_stem"]:  # timm has no create kwarg for this stem
         load = ("from selfsup.evaluation.export_formats import load_timm\n\n"
                 f"model = load_timm({where!r})  # the CIFAR stem needs selfsup's loader")
@@ -122,8 +127,31 @@ def timm_usage(config: dict[str, Any], where: str, hub: bool) -> str:
         source = f"hf-hub:{where}" if hub else f"local-dir:{where}"
         load = f"import timm\n\nmodel = timm.create_model({source!r}, pretrained=True, num_classes=0).eval()"
     return (f"import torch\n{load}\n"
-            f"images = torch.rand(2, {chans}, {size}, {size})  # normalise with model.pretrained_cfg's mean and std\n"
+            f"{input_line(config, chans, height, width)}\n"
             "with torch.no_grad():\n    features = model(images)  # (2, num_features), pooled as in pretraining\n")
+
+
+def input_line(config: dict[str, Any], chans: int, height: int, width: int) -> str:
+    """The usage snippet's input: images, or (audio backbones) log-mel spectrograms made as in pretraining."""
+    audio = config.get("audio_input")
+    if audio is None:
+        return (f"images = torch.rand(2, {chans}, {height}, {width})  "
+                "# normalise with model.pretrained_cfg's mean and std")
+    settings = ", ".join(f"{k}={audio[k]!r}" for k in ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min",
+                                                       "f_max"))
+    samples = round(audio["clip_seconds"] * audio["sample_rate"])
+    return ("from selfsup.data.spectrogram import LogMel  # or any log-mel (dB, Slaney mel, Hann window) alike\n"
+            f"waves = torch.randn(2, {samples})  "
+            f"# mono clips of {audio['clip_seconds']} s at {audio['sample_rate']} Hz\n"
+            f"images = (LogMel({settings})(waves) - {audio['mel_mean']}) / {audio['mel_std']}  # (2, 1, {height}, "
+            f"{width})")
+
+
+def audio_input(pre: Pretrained) -> dict[str, Any] | None:
+    """How an audio backbone's input was made (config.json's `audio_input`): the run's clip and spectrogram."""
+    if getattr(pre.backbone, "modality", None) != "audio":
+        return None
+    return {key: pre.run_cfg.data[key] for key in AUDIO_INPUT_KEYS if key in pre.run_cfg.data}
 
 
 # -- any other backbone -------------------------------------------------------------------------------------------
@@ -137,6 +165,9 @@ def export_module(pre: Pretrained, out: Path) -> dict[str, Any]:
               "modality": getattr(pre.backbone, "modality", "image"),
               "num_features": getattr(pre.backbone, "num_features", None),
               "source": pre.source()}
+    audio = audio_input(pre)
+    if audio is not None:
+        config["audio_input"] = audio
     out.mkdir(parents=True, exist_ok=True)
     save_file(_state(pre.backbone), str(out / WEIGHTS))
     (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
@@ -149,8 +180,8 @@ def check_same_features(exported: nn.Module, backbone: nn.Module) -> None:
         ids = torch.randint(5, int(getattr(backbone, "vocab_size", 6)), (2, 8))
         inputs: tuple[torch.Tensor, ...] = (ids, torch.ones_like(ids))
     else:
-        size = getattr(backbone, "img_size", 32)
-        inputs = (torch.randn(2, getattr(backbone, "in_chans", 3), size, size),)
+        height, width = as_pair(getattr(backbone, "img_size", 32))
+        inputs = (torch.randn(2, getattr(backbone, "in_chans", 3), height, width),)
     with torch.no_grad():
         a, b = exported.eval()(*inputs), backbone.eval()(*inputs)
     if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5):

@@ -12,16 +12,20 @@ from typing import Any, Callable, ContextManager, Iterable
 import torch
 from torch import nn
 
+from selfsup.data.audio import AUDIO_KEY
 from selfsup.data.datamodule import EVAL_KEY
 from selfsup.errors import ConfigError
+from selfsup.modalities import GRID_MODALITIES, PAIRED_MODALITIES
 
 NON_EVAL_KEYS = ("label", "index", "key", "skipped")
 
 
 def first_image_field(batch: dict[str, Any]) -> torch.Tensor:
-    """`image` when present, else the first 4-D tensor of the batch (an objective's view, e.g. `view1`)."""
-    if EVAL_KEY in batch:
-        return batch[EVAL_KEY]
+    """`image` (or `audio`: spectrograms) when present, else the first 4-D tensor of the batch (an objective's view,
+    e.g. `view1`)."""
+    for key in (EVAL_KEY, AUDIO_KEY):
+        if key in batch:
+            return batch[key]
     for name, value in batch.items():
         if name not in NON_EVAL_KEYS and isinstance(value, torch.Tensor) and value.ndim == 4:
             return value
@@ -31,16 +35,16 @@ def first_image_field(batch: dict[str, Any]) -> torch.Tensor:
 def features(backbone: nn.Module, batch: dict[str, Any]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """Pooled features (B, D) of a batch already on the backbone's device and normalised.
 
-    Dispatches on `backbone.modality`: images take the batch's image field; text takes `input_ids` and
-    `attention_mask` (the backbone pools over real tokens only); an image-text model (an objective's eval model,
-    e.g. CLIP's dual encoder) takes both and gives (image embeddings, text embeddings or None).
+    Dispatches on `backbone.modality`: images (and audio, as spectrograms) take the batch's image field; text takes
+    `input_ids` and `attention_mask` (the backbone pools over real tokens only); a dual encoder (an objective's
+    eval model, e.g. CLIP's) takes both and gives (image or audio embeddings, text embeddings or None).
     """
     modality = getattr(backbone, "modality", "image")
-    if modality == "image":
+    if modality in GRID_MODALITIES:
         return backbone(first_image_field(batch))
     if modality == "text":
         return backbone(batch["input_ids"], batch.get("attention_mask"))
-    if modality == "image-text":
+    if modality in PAIRED_MODALITIES:
         return backbone(first_image_field(batch), batch.get("input_ids"), batch.get("attention_mask"))
     raise ConfigError(f"no feature extraction for {modality} backbones ({type(backbone).__name__})")
 

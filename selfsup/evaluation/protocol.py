@@ -58,7 +58,7 @@ class Protocol:
     name: ClassVar[str]
     views: list[dict[str, Any]] = EVAL_VIEWS
     needs_labels: ClassVar[bool] = True
-    eval_model_modality: ClassVar[str | None] = None
+    eval_model_modality: ClassVar[str | tuple[str, ...] | None] = None
     trains: ClassVar[bool] = False
 
     def run(self, backbone: nn.Module, ctx: EvalContext) -> dict[str, float]:  # pragma: no cover - abstract

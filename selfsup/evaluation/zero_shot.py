@@ -15,10 +15,27 @@ import torch
 
 from selfsup.errors import ConfigError, DataError
 from selfsup.evaluation.protocol import EvalContext, Protocol
+from selfsup.modalities import PAIRED_MODALITIES, without_text
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a drawing of a {}.", "clip art of a {}.", "an illustration of a {}.",
                      "a picture of {}.", "an icon of a {}.", "{}.")
+AUDIO_TEMPLATES = ("the spoken word {}.", "a recording of someone saying {}.", "the sound of {}.", "{}.")
 RECALL_AT = (1, 5, 10)
+
+
+def default_templates(model: Any, data: Any) -> tuple[str, ...]:
+    """The prompt templates of the labelled data, where it names its own (`prompt_templates`, as open_clip keeps
+    templates per dataset), else those of the dual encoder's media: photos and drawings for images, speech for
+    audio."""
+    own = getattr(data, "prompt_templates", None)
+    if own:
+        return tuple(own)
+    return AUDIO_TEMPLATES if media_of(model) == "audio" else DEFAULT_TEMPLATES
+
+
+def media_of(model: Any) -> str:
+    """What a dual encoder pairs with text (image, audio): the first word of its retrieval metrics."""
+    return without_text(getattr(model, "modality", "image-text"))
 
 
 def class_names_of(data: Any, what: str = "zero-shot") -> list[str]:
@@ -67,13 +84,15 @@ def zero_shot_accuracy(image_emb: torch.Tensor, labels: torch.Tensor, class_emb:
 
 
 def retrieval_recall(image_emb: torch.Tensor, text_emb: torch.Tensor, ks: Sequence[int] = RECALL_AT,
-                     image_ids: torch.Tensor | None = None, text_ids: torch.Tensor | None = None) -> dict[str, float]:
+                     image_ids: torch.Tensor | None = None, text_ids: torch.Tensor | None = None,
+                     media: str = "image") -> dict[str, float]:
     """Recall@k both ways over pairs (image i, text i): the share of queries with a true match in the top k.
 
     Rows naming the same image (`image_ids`) or the same caption (`text_ids`) are one candidate, and any of a
     query's true matches counts (COCO's protocol: an image with five captions is found by each of them). A
     query's rank is the number of wrong candidates scoring at least its best true match: ties count against
-    it, so a collapsed tower (all embeddings equal) scores 0, not 1. Without ids every row is its own.
+    it, so a collapsed tower (all embeddings equal) scores 0, not 1. Without ids every row is its own. `media`:
+    what the first embeddings are (image, audio), which names the metrics (`audio_to_text_R@1`).
     """
     rows = torch.arange(len(image_emb), device=image_emb.device)
     image_ids = rows if image_ids is None else image_ids.to(rows.device)
@@ -84,7 +103,7 @@ def retrieval_recall(image_emb: torch.Tensor, text_emb: torch.Tensor, ks: Sequen
     positive[image_of, text_of] = True
     scores = image_emb[image_first].float() @ text_emb[text_first].float().T  # unique images x unique texts
     out = {}
-    for name, s, p in (("image_to_text", scores, positive), ("text_to_image", scores.T, positive.T)):
+    for name, s, p in ((f"{media}_to_text", scores, positive), (f"text_to_{media}", scores.T, positive.T)):
         best = s.masked_fill(~p, float("-inf")).amax(dim=1, keepdim=True)
         rank = ((s >= best) & ~p).sum(dim=1)
         for k in ks:
@@ -108,7 +127,8 @@ def pair_ids(data: Any, split: str, index: torch.Tensor) -> tuple[torch.Tensor |
 
 
 def dual_encoder_metrics(features: Any, class_emb: torch.Tensor | None,
-                         ids: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)) -> dict[str, float]:
+                         ids: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+                         media: str = "image") -> dict[str, float]:
     """Zero-shot accuracy (where there are labels and class embeddings) and retrieval (where there are captions;
     `ids`: image and caption ids of the rows) of a FeatureSet extracted with an image-text model."""
     image_emb, text_emb = features.features, features.text
@@ -117,7 +137,7 @@ def dual_encoder_metrics(features: Any, class_emb: torch.Tensor | None,
         keep = features.labels >= 0
         metrics.update(zero_shot_accuracy(image_emb[keep], features.labels[keep], class_emb))
     if text_emb is not None:
-        metrics.update(retrieval_recall(image_emb, text_emb, image_ids=ids[0], text_ids=ids[1]))
+        metrics.update(retrieval_recall(image_emb, text_emb, image_ids=ids[0], text_ids=ids[1], media=media))
     return metrics
 
 
@@ -126,23 +146,24 @@ class ZeroShotProtocol(Protocol):
     their labels' names (`data=` any labelled source; default the run's own)."""
 
     name = "zero_shot"
-    eval_model_modality = "image-text"
+    eval_model_modality = PAIRED_MODALITIES
 
     def __init__(self, templates: Sequence[str] | None = None) -> None:
-        self.templates = list(templates or DEFAULT_TEMPLATES)
-        if any("{}" not in t for t in self.templates):
+        self.templates = list(templates) if templates else None  # None: default_templates
+        if any("{}" not in t for t in self.templates or ()):
             raise ConfigError("every protocol.templates entry needs a {} where the class name goes")
 
     def run(self, model: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
         names = class_names_of(ctx.data)
         if ctx.captions is None:
             raise ConfigError("zero-shot needs the run's caption tokenizer; evaluate an image-text run")
-        class_emb = class_embeddings(model.encode_text, ctx.captions(), names, self.templates,
+        templates = self.templates or default_templates(model, ctx.data)
+        class_emb = class_embeddings(model.encode_text, ctx.captions(), names, templates,
                                      ctx.device, ctx.autocast)
         val = ctx.features(model, "val").labelled()
         results = {f"val/{k}": v for k, v in zero_shot_accuracy(val.features, val.labels, class_emb).items()}
         ctx.log(results, 0)
-        return {**results, "val_samples": len(val), "classes": len(names), "templates": len(self.templates)}
+        return {**results, "val_samples": len(val), "classes": len(names), "templates": len(templates)}
 
 
 class RetrievalProtocol(Protocol):
@@ -150,19 +171,19 @@ class RetrievalProtocol(Protocol):
     (the validation split of image-text data; default the run's own)."""
 
     name = "retrieval"
-    eval_model_modality = "image-text"
+    eval_model_modality = PAIRED_MODALITIES
     needs_labels = False
 
     def run(self, model: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
-        if getattr(ctx.data, "modality", None) != "image-text":
-            raise DataError(f"retrieval needs image-text pairs, and {ctx.data.source} has images only; "
+        if getattr(ctx.data, "modality", None) not in PAIRED_MODALITIES:
+            raise DataError(f"retrieval needs image-text or audio-text pairs, and {ctx.data.source} has none; "
                             "use the run's data or another image-text source")
         if ctx.data.eval_dataset("val") is None:
             raise DataError(f"retrieval runs on held-out pairs, and {ctx.data.source} has none; give a validation "
                             "split (data.val_manifest, data.val_fraction) or data=image_text_manifest with them")
         val = ctx.features(model, "val")
         image_ids, text_ids = pair_ids(ctx.data, "val", val.index)
-        results = {f"val/{k}": v for k, v in retrieval_recall(val.features, val.text, image_ids=image_ids,
-                                                              text_ids=text_ids).items()}
+        recall = retrieval_recall(val.features, val.text, image_ids=image_ids, text_ids=text_ids, media=media_of(model))
+        results = {f"val/{k}": v for k, v in recall.items()}
         ctx.log(results, 0)
         return {**results, "val_samples": len(val)}

@@ -4,9 +4,10 @@ monitors) may ask of an objective, so that none of it names a particular one.
 An objective is an `nn.Module` built from its config with the run's `backbone` (plus its own keyword arguments)
 and declares:
 
-- `modality` (class attribute, one of MODALITIES): the data it trains on; `backbone_modality`: the run's backbone,
-  when it differs (CLIP: image-text data, an image backbone). The config checks compare them before anything
-  is built.
+- `modality` (class attribute, one of selfsup/modalities.py's MODALITIES, or a tuple of those it accepts: MAE,
+  SimCLR and BYOL train on images and on audio spectrograms): the data it trains on; `backbone_modality`: the
+  run's backbone, when it differs (CLIP: image-text or audio-text data, an image or audio backbone). The config
+  checks compare them before anything is built; the backbone must read the data (modalities.reads).
 - `views`: the view specs the data module must produce for it (a list of dicts with a `key` and augmentation
   parameters, see selfsup/data/views.py; text objectives need none). A spec with `copies: n` stands for n views
   of its parameters, keyed `{key}1` ... `{key}n` (DINO's local crops), drawn independently.
@@ -53,8 +54,6 @@ from torch import nn
 from selfsup.data_facts import DataFacts
 from selfsup.errors import ConfigError
 
-MODALITIES = ("image", "text", "image-text")
-
 
 @dataclass
 class StepOutput:
@@ -82,12 +81,12 @@ class StepOutput:
 class Objective(nn.Module):
     """A pretext task: a loss on a batch, plus whatever heads it trains beside the backbone.
 
-    Subclasses set `modality` (one of MODALITIES) and receive `views`, the list of view specs the data
+    Subclasses set `modality` (a modality, or a tuple of them) and receive `views`, the list of view specs the data
     module must produce for it (each a dict with a `key` and augmentation parameters; see selfsup/data/views.py).
     """
 
-    modality: ClassVar[str]
-    backbone_modality: ClassVar[str | None] = None  # None: the same as `modality`
+    modality: ClassVar[str | tuple[str, ...]]
+    backbone_modality: ClassVar[str | tuple[str, ...] | None] = None  # None: the same as `modality`
 
     def __init__(self, views: list[dict[str, Any]] | None = None) -> None:
         super().__init__()

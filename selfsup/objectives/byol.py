@@ -28,7 +28,7 @@ class BYOL(Objective):
     online backbone and projector (objectives/ema.py), run without gradients. The loss is symmetric over the two
     views."""
 
-    modality = "image"
+    modality = ("image", "audio")  # images, or audio as log-mel spectrograms
 
     def __init__(self, backbone: nn.Module, views: list[dict[str, Any]], projector_hidden_dim: int = 4096,
                  projector_dim: int = 256, predictor_hidden_dim: int = 4096, base_momentum: float = 0.99) -> None:

@@ -1,9 +1,11 @@
-"""CLIP (Radford et al. 2021): an image tower and a text tower trained to agree on which caption goes with which image.
+"""CLIP (Radford et al. 2021): an image tower and a text tower trained to agree on which caption goes with which image;
+and CLAP (Elizalde et al. 2023, LAION-CLAP: Wu et al. 2023), the same objective with an audio tower on audio-caption
+pairs (`objective=clap` is only a config: what the towers take follows from the run's backbone).
 
-The image tower is the run's backbone (any image backbone: what kNN, probes and export evaluate); the text
-tower, both projections and the temperature belong to this objective. Text features are the text tower's
-[CLS] position (`text_pool: cls`, default: our text transformer attends both ways, so [CLS] sees every token)
-or the last real token, the [SEP] that ends the caption (`text_pool: eot`, the position CLIP's causal
+The image (or audio) tower is the run's backbone (any image or audio backbone: what kNN, probes and export
+evaluate); the text tower, both projections and the temperature belong to this objective. Text features are the
+text tower's [CLS] position (`text_pool: cls`, default: our text transformer attends both ways, so [CLS] sees every
+token) or the last real token, the [SEP] that ends the caption (`text_pool: eot`, the position CLIP's causal
 transformer reads).
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 from selfsup.data_facts import DataFacts
 from selfsup.distributed import gather_with_grad, rank_and_world
 from selfsup.errors import ConfigError
+from selfsup.modalities import with_text, without_text
 from selfsup.objectives.base import Objective, StepOutput
 
 TEXT_POOLS = ("cls", "eot")
@@ -52,8 +55,9 @@ class CLIP(Objective):
     space of `embed_dim`; logits = exp(logit_scale) x cosine, with logit_scale learned from log(1/0.07) and
     clamped so that exp(logit_scale) never exceeds `max_logit_scale` (100)."""
 
-    modality = "image-text"  # what the data must give
-    backbone_modality = "image"  # the run's backbone is the image tower
+    # literal tuples, which the config checks read from the source before anything is imported
+    modality = ("image-text", "audio-text")  # what the data must give: image-text (CLIP) or audio-text (CLAP) pairs
+    backbone_modality = ("image", "audio")  # the run's backbone is the image (or audio) tower
 
     def __init__(self, backbone: nn.Module, text_tower: nn.Module, views: list[dict[str, Any]] | None = None,
                  embed_dim: int = 512, text_pool: str = "cls", init_temperature: float = 0.07,
@@ -70,6 +74,7 @@ class CLIP(Objective):
             raise ConfigError(f"objective.init_temperature must be positive with 1/T <= max_logit_scale "
                               f"({max_logit_scale}), got {init_temperature}")
         self.image_key = self.views[0]["key"]
+        self.media = getattr(backbone, "modality", "image")  # what the backbone embeds: image or audio
         self.text_tower = text_tower
         self.text_pool = text_pool
         self.image_projection = nn.Linear(backbone.num_features, embed_dim, bias=False)
@@ -80,7 +85,11 @@ class CLIP(Objective):
         self.max_log_scale = math.log(max_logit_scale)
 
     def bind_data(self, facts: DataFacts) -> None:
-        """Refuse a tokenizer larger than the text tower's vocabulary, or captions longer than its positions."""
+        """Refuse data that does not pair the backbone's modality with text, a tokenizer larger than the text
+        tower's vocabulary, or captions longer than its positions."""
+        if facts.modality != with_text(self.media):
+            raise ConfigError(f"the backbone embeds {self.media} but {facts.source} gives {facts.modality} data; "
+                              f"pick {with_text(self.media)} pairs (or a backbone for {without_text(facts.modality)})")
         info = facts.tokenizer
         if info is not None and info.vocab_size > self.text_tower.vocab_size:
             raise ConfigError(f"the tokenizer has {info.vocab_size} tokens but the text tower embeds "
@@ -121,7 +130,7 @@ class CLIP(Objective):
         text_emb = self.encode_text(batch["input_ids"], batch.get("attention_mask"))
         scale = self.scale()
         loss, image_accuracy, text_accuracy = clip_loss(image_emb, text_emb, scale)
-        metrics = {"image_to_text_accuracy": image_accuracy, "text_to_image_accuracy": text_accuracy,
+        metrics = {f"{self.media}_to_text_accuracy": image_accuracy, f"text_to_{self.media}_accuracy": text_accuracy,
                    "logit_scale": scale.detach()}
         return StepOutput(loss, metrics, features=features.detach())
 
@@ -132,16 +141,16 @@ class CLIP(Objective):
 
 
 class DualEncoder(nn.Module):
-    """A CLIP run's image backbone and CLIP objective as one module, for zero-shot and retrieval evaluation.
+    """A CLIP run's image (or CLAP run's audio) backbone and its objective as one module, for zero-shot and
+    retrieval evaluation; its `modality` is what it pairs with text (image-text, audio-text).
 
     `forward(images, input_ids, attention_mask)` gives (image embeddings (B, d), text embeddings (B, d) or None
     without token ids), so one pass over image-text batches embeds both (evaluation/features.py).
     """
 
-    modality = "image-text"
-
     def __init__(self, backbone: nn.Module, clip: CLIP) -> None:
         super().__init__()
+        self.modality = with_text(clip.media)
         self.backbone = backbone
         self.clip = clip
         self.img_size = getattr(backbone, "img_size", None)  # what evaluation data is fitted to

@@ -97,7 +97,7 @@ class MAEDecoder(nn.Module):
 
 
 class MAE(Objective):
-    modality = "image"
+    modality = ("image", "audio")  # images, or audio as log-mel spectrograms
 
     def __init__(self, backbone: nn.Module, mask_ratio: float = 0.75, decoder_dim: int = 512,
                  decoder_depth: int = 8, decoder_heads: int = 16, norm_pix_loss: bool = True,

@@ -39,7 +39,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tuple[tor
 class SimCLR(Objective):
     """Backbone features -> projector MLP (hidden 2048, BN, output 128) -> NT-Xent between the two views."""
 
-    modality = "image"
+    modality = ("image", "audio")  # images, or audio as log-mel spectrograms
 
     def __init__(self, backbone: nn.Module, views: list[dict[str, Any]], temperature: float = 0.2,
                  projector_hidden_dim: int = 2048, projector_dim: int = 128, projector_bn: bool = True) -> None:

@@ -94,7 +94,7 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     # train.py: unknown names
     "unknown backbone config": ("train", ["backbone=vit_gigantic"], "unknown backbone 'vit_gigantic'; choose one of"),
     "unknown objective": ("train", ["objective=dino9"],
-                          "unknown objective 'dino9'; choose one of: barlow_twins, byol, clip, dino, dinov2"),
+                          "unknown objective 'dino9'; choose one of: barlow_twins, byol, clap, clip, dino, dinov2"),
     "dinov2 on a resnet": ("train", ["objective=dinov2", "backbone=resnet18"],
                            "objective=dinov2 masks patch tokens and needs a ViT backbone, got ResNet"),
     "bad lr scaling": ("train", ["optim.lr_scaling=cubic"], "optim.lr_scaling must be linear or sqrt"),
@@ -112,10 +112,11 @@ CASES: dict[str, tuple[str, list[str], str]] = {
                             "unknown view options ['colour_jitter']"),
     "unknown nonfinite policy": ("train", ["trainer.nonfinite=ignore"], "trainer.nonfinite must be one of"),
     # train.py: modalities and sizes
-    "text backbone for MAE": ("train", ["backbone=text_tiny"], "objective MAE needs image backbone, but the chosen "
-                                                                "backbone is text"),
+    "text backbone for MAE": ("train", ["backbone=text_tiny"], "objective MAE needs image or audio backbone, but "
+                                                                "the chosen backbone is text"),
     "image data for MLM": ("train", ["objective=mlm", "data=fashion_mnist"], "objective MLM needs text data"),
-    "image data for CLIP": ("train", ["objective=clip", "data=synthetic"], "objective CLIP needs image-text data"),
+    "image data for CLIP": ("train", ["objective=clip", "data=synthetic"],
+                            "objective CLIP needs image-text or audio-text data"),
     "patch does not divide image": ("train", ["backbone.patch_size=5"], "image size 28 is not divisible by patch size"),
     "batch larger than data": ("train", ["data=synthetic", "data.num_samples=40", "data.batch_size=64"],
                                "global batch 64 (data.batch_size=64 x 1 devices) is larger than the 40 training"),

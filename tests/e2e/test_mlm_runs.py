@@ -33,5 +33,6 @@ def test_image_objective_on_a_text_backbone_is_one_line(train, tmp_path):
                f"run_dir={tmp_path / 'run'}"])
     assert r.returncode == 2 and "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "objective MAE needs image backbone, but the chosen backbone is text" in errors[0], \
+    message = "objective MAE needs image or audio backbone, but the chosen backbone is text"
+    assert len(errors) == 1 and message in errors[0], \
         r.stderr[-2000:]

@@ -199,7 +199,7 @@ def budget(command: Command, state: dict) -> list[str]:
 def made_real(command: Command, state: dict) -> list[str]:
     """The command's words with the README's placeholders replaced by what they stand for here."""
     clip = command.value("protocol") in ("zero_shot", "retrieval")
-    stand_ins = {"RUN": "clip" if clip else "mae", MAE_RUN: "mae"}
+    stand_ins = {"RUN": "clip" if clip else "mae", MAE_RUN: "mae", "CLAP_RUN": "clap"}
     words = []
     for word in command.words:
         key, _, value = word.partition("=")

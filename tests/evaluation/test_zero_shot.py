@@ -5,7 +5,14 @@ import torch
 import torch.nn.functional as F
 from helpers import unit
 
-from selfsup.evaluation.zero_shot import retrieval_recall, zero_shot_accuracy
+from selfsup.data.asterisk import Asterisk
+from selfsup.evaluation.zero_shot import (
+    AUDIO_TEMPLATES,
+    DEFAULT_TEMPLATES,
+    default_templates,
+    retrieval_recall,
+    zero_shot_accuracy,
+)
 
 
 def test_zero_shot_accuracy_is_perfect_when_images_equal_their_class_embeddings():
@@ -38,3 +45,27 @@ def test_retrieval_counts_repeated_images_and_captions_once():
     grouped = retrieval_recall(images, texts, ks=(1,), image_ids=image_ids, text_ids=text_ids)
     assert grouped == {"image_to_text_R@1": 1.0, "text_to_image_R@1": 1.0}
     assert retrieval_recall(images, texts, ks=(1,))["text_to_image_R@1"] < 1.0
+
+
+def test_audio_retrieval_is_named_after_audio_and_finds_each_clip_of_a_known_pairing():
+    sounds = unit(5, 8, 2)
+    order = torch.tensor([3, 0, 4, 1, 2])  # caption i describes clip order[i]
+    captions = sounds[order]
+    result = retrieval_recall(sounds[order], captions, ks=(1,), media="audio")
+    assert result == {"audio_to_text_R@1": 1.0, "text_to_audio_R@1": 1.0}
+    wrong = retrieval_recall(sounds, captions, ks=(1,), media="audio")  # pairs out of step: only fixed points match
+    assert wrong["audio_to_text_R@1"] == 0.0
+
+
+def test_prompts_are_the_datas_own_where_it_names_them_else_those_of_the_media():
+    class Dual:
+        def __init__(self, modality: str) -> None:
+            self.modality = modality
+
+    class Words:
+        prompt_templates = ("{}",)
+
+    assert default_templates(Dual("audio-text"), Words()) == ("{}",)
+    assert default_templates(Dual("audio-text"), object()) == AUDIO_TEMPLATES
+    assert default_templates(Dual("image-text"), object()) == DEFAULT_TEMPLATES
+    assert default_templates(Dual("audio-text"), Asterisk) == ("{}",)

@@ -144,3 +144,26 @@ def test_bad_clip_settings_are_one_line_errors():
         CLIP(backbone, text, text_pool="mean")
     with pytest.raises(ConfigError, match="init_temperature"):
         CLIP(backbone, text, init_temperature=0.001)
+
+
+def test_clap_is_clips_objective_with_an_audio_tower_and_the_same_loss():
+    """objective=clap: CLIP's class on an audio backbone. Its loss is CLIP's on the same embeddings (the brute-force
+    reference), its metrics name audio, and its eval model pairs audio with text."""
+    from selfsup.backbones.audio_vit import AudioViT
+    from selfsup.data_facts import DataFacts
+
+    torch.manual_seed(0)
+    audio = AudioViT(n_mels=16, clip_seconds=0.32, depth=1, patch_size=8)  # 16 x 32 spectrograms, 2 x 4 patches
+    text = TextTransformer(vocab_size=50, dim=16, depth=1, heads=2, dropout=0.0, attn_dropout=0.0)
+    clap = CLIP(audio, text, views=[{"key": "audio"}],
+                embed_dim=8)
+    batch = {"audio": torch.randn(5, 1, 16, 32), "input_ids": torch.randint(5, 50, (5, 12))}
+    out = clap(audio, batch)
+    audio_emb, _ = clap.encode_image(audio, batch["audio"])
+    text_emb = clap.encode_text(batch["input_ids"])
+    assert float(out.loss) == pytest.approx(brute_force_clip_loss(audio_emb, text_emb, 1 / 0.07), rel=1e-5)
+    assert {"audio_to_text_accuracy", "text_to_audio_accuracy"} <= set(out.metrics)
+    assert clap.eval_model(audio).modality == "audio-text"
+    clap.bind_data(DataFacts(modality="audio-text", source="pairs"))
+    with pytest.raises(ConfigError, match="the backbone embeds audio but pairs gives image-text data"):
+        clap.bind_data(DataFacts(modality="image-text", source="pairs"))

@@ -151,10 +151,13 @@ class MAE(Objective):
 
     @torch.no_grad()
     def visualize(self, backbone: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        """Rows of original | masked | reconstruction, for up to 8 images, min-max scaled per image."""
+        """Rows of original | masked | reconstruction, for up to 8 images, min-max scaled per image; spectrograms
+        with their low frequencies at the bottom, as they are drawn."""
         masked, recon = self.reconstruct(backbone, batch)
         original = batch["image"].float()
         rows = torch.stack([original, masked.to(original.dtype), recon.to(original.dtype)], dim=1)[:8]
+        if getattr(backbone, "modality", "image") == "audio":  # mel bin 0 is the lowest
+            rows = rows.flip(-2)
         flat = rows.flatten(2)
         lo, hi = flat[:, :1].amin(-1, keepdim=True), flat[:, :1].amax(-1, keepdim=True)
         rows = ((flat - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1).view_as(rows)

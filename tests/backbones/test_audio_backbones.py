@@ -92,6 +92,9 @@ def test_mae_on_audio_vit_masks_an_exact_count_and_draws_a_picture():
     assert vit.vit.patch_embed.proj.weight.grad is not None
     picture = mae.visualize(vit, batch)
     assert picture.shape == (3, 2 * 64, 3 * 128) and 0 <= picture.min() and picture.max() <= 1
+    first = batch["image"][0, 0]
+    scaled = (first - first.min()) / (first.max() - first.min())
+    torch.testing.assert_close(picture[0, :64, :128], scaled.flip(0))  # the highest mel bin on top
 
 
 def test_full_width_cnn14_has_panns_parameter_count():

@@ -151,6 +151,8 @@ def atomic_save(obj: Any, path: str | Path) -> None:
                 f.flush()
                 os.fsync(f.fileno())
         except (OSError, RuntimeError) as e:  # torch.save wraps a full disk in a RuntimeError
+            if "DataLoader worker (pid" in str(e):  # a worker died meanwhile (its signal handler raises anywhere):
+                raise  # not a write failure; the run names it (commands/pretrain.explain)
             raise write_failure(e, path, size) from None
         delay = float(os.environ.get(SAVE_DELAY_ENV, "0") or 0)
         if delay and path.exists():

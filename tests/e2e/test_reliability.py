@@ -432,3 +432,20 @@ def test_a_killed_data_worker_is_one_line_and_the_run_resumes(reference, tmp_pat
     r = train_in_process([*ARGS, f"run_dir={run_dir}", "resume=auto"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_run(run_dir, reference)
+
+
+def test_a_worker_dying_during_a_checkpoint_write_is_named_as_such_and_keeps_the_previous(tmp_path, monkeypatch):
+    """The DataLoader's SIGCHLD handler raises wherever the main process is, a checkpoint write included: that
+    error is the worker's (the run names it), not a failed write, and the previous checkpoint stays whole."""
+    path = tmp_path / "last.ckpt"
+    atomic_save({"global_step": 2, "state_dict": {"w": torch.ones(3)}}, path)
+    before = path.read_bytes()
+
+    def dies(*args, **kwargs):
+        raise RuntimeError("DataLoader worker (pid 123) is killed by signal: Killed.")
+
+    monkeypatch.setattr(torch, "save", dies)
+    with pytest.raises(RuntimeError, match="DataLoader worker") as raised:
+        atomic_save({"global_step": 4, "state_dict": {"w": torch.zeros(3)}}, path)
+    assert not isinstance(raised.value, CheckpointError)
+    assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]

@@ -1,11 +1,12 @@
 """Two-view SimCLR augmentation with per-image parameters: selfsup's batched views beside the reference routes.
 
-    python bench/augment.py --res 32 224 [--batch 256] [--rounds 3] [--anchors ../shared/anchors]
+    python bench/augment.py --res 32 224 [--batch 256] [--rounds 3] [--seconds 1] [--anchors ../shared/anchors]
 
 The recipe is bench_aug.py's (the anchors'): random resized crop 0.08-1, flip, colour jitter 0.8/0.8/0.8/0.2 with
 p 0.8, grayscale p 0.2, Gaussian blur (kernel 10% of the side: 3 px at 32, 23 at 224; sigma 0.1-2) with p 0.5,
 from uint8 images (256 px for 224 px views, else the view's size) to normalised float views. Routes, alternated
-over `--rounds` rounds so that a noisy machine affects all alike (median images/s, with min and max):
+over `--rounds` rounds of at least `--seconds` each, so that a noisy machine affects all alike (median images/s,
+with min and max):
 - selfsup: views.device_views on the batch, eager and torch.compile'd (what `data.augment_on=gpu` runs);
 - selfsup_workers: views.worker_batch_views in one process (what `data.augment_on=cpu` runs in each worker);
 - kornia: `AugmentationSequential` with per-image parameters (the anchors' gpu_kornia);
@@ -70,11 +71,26 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_batch(fn: Callable, images: torch.Tensor, keys: torch.Tensor, device: torch.device,
+               seconds: float) -> float:
+    """Seconds per call of `fn` on the batch, over as many calls as fill `seconds` (at least one): a single call
+    of a few milliseconds would measure the machine's noise."""
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn(images, keys)
+        calls += 1
+        sync(device)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return elapsed / calls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--res", type=int, nargs="+", default=[32, 224])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=1.0, help="time each route for at least this long a round")
     parser.add_argument("--anchors", type=Path, default=anchor_scripts.DEFAULT_FOLDER)
     parser.add_argument("--only", nargs="+", default=None, help="route names to run (default: all)")
     args = parser.parse_args()
@@ -93,11 +109,7 @@ def main() -> None:
         times: dict[str, list[float]] = {name: [] for name in chosen}
         for _ in range(args.rounds):
             for name, fn in chosen.items():
-                sync(device)
-                start = time.perf_counter()
-                fn(images, keys)
-                sync(device)
-                times[name].append(time.perf_counter() - start)
+                times[name].append(time_batch(fn, images, keys, device, args.seconds))
         for name, ts in times.items():
             rates = [args.batch / t for t in ts]
             print(json.dumps({"route": name, "res": res, "batch": args.batch, "device": str(device),

@@ -24,11 +24,13 @@ if wanted mae; then
 fi
 if wanted clip; then
   bench objective=clip backbone=vit_base backbone.name=vit_base_patch32_224 backbone.patch_size=32 \
-    backbone@objective.text_tower=text_clip objective.embed_dim=512 data.image_size=224 data.batch_size=1024
+    backbone@objective.text_tower=text_clip objective.embed_dim=512 data.image_size=224 data.batch_size=1024 \
+    data.tokenizer.vocab_size=49408   # open_clip's vocabulary
 fi
 if wanted mlm; then
-  bench objective=mlm backbone=text_base data.max_length=128 data.batch_size=256
-  bench objective=mlm backbone=text_base data.max_length=512 data.batch_size=64
+  BERT_VOCAB=data.tokenizer.vocab_size=30522   # BERT-base's vocabulary (selfsup trains 8,192 tokens by default)
+  bench objective=mlm backbone=text_base data.max_length=128 data.batch_size=256 $BERT_VOCAB
+  bench objective=mlm backbone=text_base data.max_length=512 data.batch_size=64 $BERT_VOCAB
 fi
 if wanted ssl; then
   for objective in simclr byol; do

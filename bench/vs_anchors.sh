@@ -35,11 +35,11 @@
 #     on all positions: ~20% fewer FLOPs), and selfsup's MAE projects only the visible patches (~1.4% fewer).
 # Packages. The anchors need transformers (mlm), open_clip_torch + ftfy (clip), lightly (ssl), kornia (aug) and
 # $ANCHORS/vendor/mae (mae: facebookresearch/mae's models_mae.py + util/pos_embed.py, patched as $ANCHORS/README.md
-# says). A missing one gives a "skipped" row with the pip command; the rest goes on. $ANCHOR_SITE (default
+# says; or MAE_REPO=a clone of facebookresearch/mae, which this script vendors and patches in a copy of $ANCHORS). A missing one gives a "skipped" row with the pip command; the rest goes on. $ANCHOR_SITE (default
 # /tmp/site, as $ANCHORS/run_all.sh) is put on the anchors' PYTHONPATH when it exists, and wheels in .whl/ (the
 # ones $ANCHORS/README.md lists) are installed there first (pip --no-index --no-deps --target): that is how the GPU
 # machine gets them.
-# Environment: ROUNDS (3), OUT (bench/out), ANCHORS, WARMUP, ITERS, CPU_R50, SSL_OPTIM, ANCHOR_CPU_BF16,
+# Environment: ROUNDS (3), OUT (bench/out), ANCHORS, MAE_REPO, WARMUP, ITERS, CPU_R50, SSL_OPTIM, ANCHOR_CPU_BF16,
 # RUN_TIMEOUT (seconds per script run, default 1800), SMOKE.
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -69,6 +69,19 @@ fi
 RUN_ID="$(date +%Y%m%dT%H%M%S)-$$"
 TMP=$(mktemp -d) || exit 1
 trap 'rm -rf "$TMP"' EXIT
+
+# The official MAE code is not in the anchors folder: MAE_REPO=DIR (a clone of facebookresearch/mae) puts its
+# models_mae.py and util/pos_embed.py in vendor/mae of a copy of the anchors, with the two patches their README names.
+if [ -n "${MAE_REPO:-}" ] && [ ! -f "$ANCHOR_DIR/vendor/mae/models_mae.py" ]; then
+  if [ ! -f "$MAE_REPO/models_mae.py" ] || [ ! -f "$MAE_REPO/util/pos_embed.py" ]; then
+    echo "MAE_REPO=$MAE_REPO has no models_mae.py and util/pos_embed.py (a clone of facebookresearch/mae)" >&2
+    exit 1
+  fi
+  cp -r "$ANCHOR_DIR" "$TMP/anchors" && chmod -R u+w "$TMP/anchors" && mkdir -p "$TMP/anchors/vendor/mae/util" || exit 1
+  sed 's/, qk_scale=None//' "$MAE_REPO/models_mae.py" >"$TMP/anchors/vendor/mae/models_mae.py"
+  sed 's/np\.float)/np.float64)/' "$MAE_REPO/util/pos_embed.py" >"$TMP/anchors/vendor/mae/util/pos_embed.py"
+  ANCHOR_DIR="$TMP/anchors"
+fi
 TABLE="$PY bench/vs_anchors_table.py"
 
 # --- the anchors' packages: wheels in .whl/ go to $SITE; $SITE goes on the anchors' PYTHONPATH

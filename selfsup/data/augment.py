@@ -135,100 +135,138 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.T
 
 
 def geometric(images: torch.Tensor, spec: ViewSpec, u: torch.Tensor, size: int) -> torch.Tensor:
-    """Random resized crop (or resize + centre crop) and horizontal flip, per sample."""
+    """Random resized crop (or resize + centre crop) and horizontal flip, per sample. Eager, only the samples
+    drawn for the flip are flipped (gathered); compiled, every sample is selected (static shapes)."""
     b, _, height, width = images.shape
     full = torch.full((b,), float(height), device=images.device), torch.full((b,), float(width), device=images.device)
     out = crop_resize(images, crop_boxes(spec, u, *full), size)
     if spec.hflip > 0:
-        flip = (u[:, _FLIP] < spec.hflip).view(-1, 1, 1, 1)
-        out = torch.where(flip, out.flip(-1), out)
+        flip = u[:, _FLIP] < spec.hflip
+        if torch.compiler.is_compiling():
+            return torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
+        rows = flip.nonzero().squeeze(1)
+        out.index_copy_(0, rows, out[rows].flip(-1))
     return out
 
 
 # -- photometry (images in [0, 1]) -----------------------------------------------------------------------------
+def gray_weights(x: torch.Tensor) -> torch.Tensor:
+    """(1, C) weights of the luma of C-channel images: ITU-R 601-2 for RGB, 1 for one channel."""
+    weights = GRAY_WEIGHTS if x.shape[1] == 3 else (1.0,) * x.shape[1]
+    return torch.tensor([weights], device=x.device, dtype=x.dtype)
+
+
 def to_gray(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, 1, H, W) luma; one-channel images are returned as they are."""
+    """(B, 3, H, W) -> (B, 1, H, W) luma; one-channel images are returned as they are. One matrix product over
+    the channels (a single pass, where per-channel products and sums take five)."""
     if x.shape[1] == 1:
         return x
-    r, g, b = x.unbind(1)
-    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
+    b, c, height, width = x.shape
+    return torch.matmul(gray_weights(x), x.reshape(b, c, height * width)).view(b, 1, height, width)
 
 
 HUE_CHANNEL_OFFSETS = (5.0, 3.0, 1.0)  # R, G, B in the compact HSV -> RGB formula below
 
 
 def hue_sextant(x: torch.Tensor, chroma: torch.Tensor, maxc: torch.Tensor) -> torch.Tensor:
-    """HSV's hue in sextants, (B, H, W) in [-1, 5) (0 where the pixel is grey), by torchvision's case rule."""
+    """HSV's hue in sextants, (B, H, W) in [-1, 5) (0 where the pixel is grey), by torchvision's case rule:
+    (g - b) / C where red is the maximum, 2 + (b - r) / C where green is, else 4 + (r - g) / C."""
     r, g, b = x.unbind(1)
-    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    return torch.where(maxc == r, (g - b) / safe,
-                       torch.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    inverse = torch.where(chroma > 0, chroma, 1.0).reciprocal_()
+    numerator = torch.where(maxc == r, g - b, torch.where(maxc == g, (b - r).add_(chroma, alpha=2.0),
+                                                          (r - g).add_(chroma, alpha=4.0)))
+    return numerator.mul_(inverse)
 
 
 def hue_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate HSV's hue by `shift` turns (B, 1, 1, 1), keeping saturation and value, as torchvision's adjust_hue.
 
     Hand-written rather than an RGB -> HSV -> RGB round trip: with V = max, C = max - min and hue h in sextants,
-    each channel is V - C * clamp(min(k, 4 - k), 0, 1) with k = (n + h) mod 6, n = 5, 3, 1 for R, G, B (the
-    compact form of the sextant table), a third of the full-image passes of the table lookup."""
+    each channel is V - C * clamp(2 - |k - 2|, 0, 1) with k = (n + h) mod 6, n = 5, 3, 1 for R, G, B (the
+    compact form of the sextant table). The three-channel passes run in place: on the CPU a pass that
+    allocates its output costs several times one that does not."""
     maxc = x.amax(1)
-    chroma = maxc - x.amin(1)
-    h = hue_sextant(x, chroma, maxc).unsqueeze(1) + 6.0 * shift
+    chroma = x.amin(1).neg_().add_(maxc)
+    h = hue_sextant(x, chroma, maxc).unsqueeze(1).add_(6.0 * shift)
     offsets = torch.tensor(HUE_CHANNEL_OFFSETS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     k = torch.remainder(h + offsets, 6.0)
-    ramp = torch.minimum(k, 4.0 - k).clamp(0, 1)
-    return maxc.unsqueeze(1) - chroma.unsqueeze(1) * ramp
+    ramp = k.sub_(2.0).abs_().neg_().add_(2.0).clamp_(0, 1)
+    return ramp.mul_(chroma.unsqueeze(1)).neg_().add_(maxc.unsqueeze(1))
 
 
 def grey_blend(x: torch.Tensor, keep: torch.Tensor, towards_gray: torch.Tensor,
                towards_mean: torch.Tensor) -> torch.Tensor:
-    """clamp(keep x + towards_gray gray(x) + towards_mean mean(gray(x))), per-sample weights (B, 1, 1, 1).
+    """clamp(keep x + towards_gray gray(x) + towards_mean mean(gray(x))), per-sample weights (B, 1, 1, 1), in
+    place (`x` is returned).
 
     Brightness (f, 0, 0), contrast (f, 0, 1 - f) and saturation (f, 1 - f, 0) are all this blend, and (1, 0, 0)
     leaves the image as it is: so one pass does whichever of the three each sample has at one position of its
-    order."""
+    order. In place, because on the CPU a pass that allocates its output costs several times one that does not."""
     gray = to_gray(x)
-    grey_part = towards_gray * gray + towards_mean * gray.mean(dim=(1, 2, 3), keepdim=True)
-    return torch.addcmul(grey_part, keep, x).clamp_(0, 1)
+    grey_part = torch.addcmul(towards_mean * gray.mean(dim=(1, 2, 3), keepdim=True), towards_gray, gray)
+    return x.mul_(keep).add_(grey_part).clamp_(0, 1)
 
 
-def jitter_order(x: torch.Tensor, factors: list[torch.Tensor], order: torch.Tensor, ops: list[int],
-                 subsets: bool) -> torch.Tensor:
-    """The jitter operations `ops` in each sample's own `order` (B, 4), every sample of `x` jittered.
+@dataclass
+class JitterPlan:
+    """Each sample's colour jitter, by position of its order: the grey_blend weights (B, 4) that the operation at
+    each position takes (brightness (f, 0, 0), contrast (f, 0, 1 - f), saturation (f, 1 - f, 0), hue (1, 0, 0)),
+    where hue is (B, 4), and the hue shift (B,). Gathered from per-operation tables by the order in one step per
+    weight, instead of a selection per position and operation."""
+
+    keep: torch.Tensor
+    towards_gray: torch.Tensor
+    towards_mean: torch.Tensor
+    hue_here: torch.Tensor
+    shift: torch.Tensor
+    linear: bool  # any of brightness, contrast, saturation
+    hue: bool
+
+    def rows(self, index: torch.Tensor) -> "JitterPlan":
+        return JitterPlan(self.keep[index], self.towards_gray[index], self.towards_mean[index], self.hue_here[index],
+                          self.shift[index], self.linear, self.hue)
+
+
+def jitter_plan(factors: list[torch.Tensor], order: torch.Tensor, ops: list[int]) -> JitterPlan:
+    """The plan of `ops` (the operations that run; the others are neutral) in each sample's `order` (B, 4)."""
+    one, zero = torch.ones_like(factors[0]), torch.zeros_like(factors[0])
+    keep = torch.stack([factors[op] if op in ops else one for op in range(3)] + [one], 1)
+    towards_gray = torch.stack([zero, zero, 1 - factors[2] if 2 in ops else zero, zero], 1)
+    towards_mean = torch.stack([zero, 1 - factors[1] if 1 in ops else zero, zero, zero], 1)
+    return JitterPlan(keep.gather(1, order), towards_gray.gather(1, order), towards_mean.gather(1, order), order == 3,
+                      factors[3], linear=any(op < 3 for op in ops), hue=3 in ops)
+
+
+def jitter_order(x: torch.Tensor, plan: JitterPlan, subsets: bool) -> torch.Tensor:
+    """Every sample of `x` jittered by its plan, in its own order.
 
     At each of the four positions, one grey_blend pass applies whichever of brightness, contrast and saturation
     each sample has there, and one hue pass the samples whose hue is there. `subsets`: the hue pass runs on those
     samples only, gathered (about one hue pass per view in all, but shapes that depend on the draws); else on
     the whole batch, kept where drawn (static shapes, for torch.compile)."""
-    one, zero = torch.ones_like(factors[0]), torch.zeros_like(factors[0])
-    linear = [op for op in ops if op < 3]
+    shift = plan.shift.view(-1, 1, 1, 1)
     for position in range(4):
-        op_here = order[:, position]
-        if linear:
-            keep, towards_gray, towards_mean = one, zero, zero
-            for op in linear:
-                here = op_here == op
-                keep = torch.where(here, factors[op], keep)
-                if op == 1:
-                    towards_mean = torch.where(here, 1 - factors[op], towards_mean)
-                if op == 2:
-                    towards_gray = torch.where(here, 1 - factors[op], towards_gray)
-            x = grey_blend(x, *(w.view(-1, 1, 1, 1) for w in (keep, towards_gray, towards_mean)))
-        if 3 in ops:
-            here = op_here == 3
-            if subsets:  # x is this function's own tensor here (a blend's output, or the gathered samples)
-                rows = here.nonzero().squeeze(1)
-                x.index_copy_(0, rows, hue_shift(x[rows], factors[3][rows].view(-1, 1, 1, 1)))
-            else:
-                x = torch.where(here.view(-1, 1, 1, 1), hue_shift(x, factors[3].view(-1, 1, 1, 1)), x)
+        if plan.linear:
+            weights = (w[:, position].view(-1, 1, 1, 1) for w in (plan.keep, plan.towards_gray, plan.towards_mean))
+            x = grey_blend(x, *weights)
+        here = plan.hue_here[:, position]
+        if not plan.hue:
+            continue
+        if subsets:  # x is this function's own tensor here (a blend's output, or the gathered samples)
+            rows = here.nonzero().squeeze(1)
+            if len(rows):
+                x.index_copy_(0, rows, hue_shift(x[rows], shift[rows]))
+        else:
+            x = torch.where(here.view(-1, 1, 1, 1), hue_shift(x, shift), x)
     return x
 
 
 def color_jitter(x: torch.Tensor, spec: ViewSpec, u: torch.Tensor) -> torch.Tensor:
     """RandomApply(ColorJitter, p): each applied sample gets its four factors and its own order of the four ops.
 
-    Eager, only the samples drawn for jitter are jittered (gathered, then put back); compiled, every sample goes
-    through with neutral factors where jitter is not drawn, which keeps shapes static (one graph, no host sync)."""
+    Eager, only the samples drawn for jitter are jittered (gathered, then put back into `x`, which this
+    changes); compiled, every sample goes through with neutral factors where jitter is not drawn, which keeps
+    shapes static (one graph, no host sync)."""
     strengths = spec.color_jitter
     apply = u[:, _JITTER_ON] < spec.color_jitter_p
     raw = u[:, _JITTER_FACTORS:_JITTER_FACTORS + 4]
@@ -237,10 +275,19 @@ def color_jitter(x: torch.Tensor, spec: ViewSpec, u: torch.Tensor) -> torch.Tens
     ops = [op for op, s in enumerate(strengths) if s > 0 and (op < 2 or x.shape[1] == 3)]  # no colour in grey images
     if torch.compiler.is_compiling():
         neutral = [torch.where(apply, f, 1.0 if op < 3 else 0.0) for op, f in enumerate(factors)]
-        return jitter_order(x, neutral, order, ops, subsets=False)
+        return jitter_order(x, jitter_plan(neutral, order, ops), subsets=False)
     rows = apply.nonzero().squeeze(1)
-    jittered = jitter_order(x[rows], [f[rows] for f in factors], order[rows], ops, subsets=True)
-    return x.index_copy(0, rows, jittered)
+    plan = jitter_plan(factors, order, ops).rows(rows)
+    return x.index_copy_(0, rows, jitter_order(x[rows], plan, subsets=True))
+
+
+def grayscale(x: torch.Tensor, spec: ViewSpec, u: torch.Tensor) -> torch.Tensor:
+    """RandomGrayscale: the drawn samples become their luma in every channel (eager: those samples only)."""
+    gray = u[:, _GRAY] < spec.grayscale_p
+    if torch.compiler.is_compiling():
+        return torch.where(gray.view(-1, 1, 1, 1), to_gray(x).expand_as(x), x)
+    rows = gray.nonzero().squeeze(1)
+    return x.index_copy_(0, rows, to_gray(x[rows]).expand(-1, x.shape[1], -1, -1))
 
 
 def blur_with(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -256,8 +303,8 @@ def blur_with(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, spec: ViewSpec, u: torch.Tensor) -> torch.Tensor:
-    """Gaussian blur with a per-sample sigma. Eager, only the samples drawn for blur are blurred (gathered);
-    compiled, the others get a unit kernel (identity), which keeps shapes static."""
+    """Gaussian blur with a per-sample sigma. Eager, only the samples drawn for blur are blurred (gathered, put
+    back into `x`); compiled, the others get a unit kernel (identity), which keeps shapes static."""
     k = int(0.1 * x.shape[2]) // 2 * 2 + 1  # 10% of the image, odd: 23 at 224 px, 9 at 96 px
     lo, hi = spec.blur_sigma
     sigma = (lo + (hi - lo) * u[:, _BLUR_SIGMA]).view(-1, 1)
@@ -271,16 +318,16 @@ def gaussian_blur(x: torch.Tensor, spec: ViewSpec, u: torch.Tensor) -> torch.Ten
     rows = blurred.nonzero().squeeze(1)
     if len(rows) == 0:  # a convolution takes no empty batch
         return x
-    return x.index_copy(0, rows, blur_with(x[rows], kernel[rows]))
+    return x.index_copy_(0, rows, blur_with(x[rows], kernel[rows]))
 
 
 def photometric(x: torch.Tensor, spec: ViewSpec, u: torch.Tensor) -> torch.Tensor:
-    """Colour jitter, grayscale, blur and solarize on float images in [0, 1], per sample."""
+    """Colour jitter, grayscale, blur and solarize on float images in [0, 1], per sample. Eager, `x` is changed
+    in place (each operation writes back only the samples drawn for it)."""
     if any(spec.color_jitter) and spec.color_jitter_p > 0:
         x = color_jitter(x, spec, u)
     if spec.grayscale_p > 0 and x.shape[1] == 3:
-        gray = (u[:, _GRAY] < spec.grayscale_p).view(-1, 1, 1, 1)
-        x = torch.where(gray, to_gray(x).expand_as(x), x)
+        x = grayscale(x, spec, u)
     if spec.blur_p > 0 and x.shape[-1] >= spec.blur_min_size:
         x = gaussian_blur(x, spec, u)
     if spec.solarize_p > 0:
@@ -294,7 +341,7 @@ def augment(images: torch.Tensor, keys: torch.Tensor, spec: ViewSpec, view_numbe
     """A batch of views, float in [0, 1]: `images` uint8 (B, C, H, W); `crop=False` when already cropped,
     `colour=False` for the crop alone."""
     u = draws(keys.to(images.device), view_number)
-    x = images.float() / 255.0
+    x = images.float().div_(255.0)  # a tensor of its own: photometric() may change it in place
     if crop:
         x = geometric(x, spec, u, size)
     return photometric(x, spec, u) if colour else x

@@ -72,9 +72,9 @@ def test_colour_operations_match_torchvision():
     torch.manual_seed(0)
     x = torch.rand(1, 3, 16, 16)
     w = lambda v: torch.tensor(v).view(1, 1, 1, 1)  # noqa: E731 - a per-sample weight of a batch of one
-    ours = {"brightness": A.grey_blend(x, w(1.3), w(0.0), w(0.0)),
-            "contrast": A.grey_blend(x, w(0.7), w(0.0), w(1 - 0.7)),
-            "saturation": A.grey_blend(x, w(1.4), w(1 - 1.4), w(0.0)),
+    ours = {"brightness": A.grey_blend(x.clone(), w(1.3), w(0.0), w(0.0)),  # blends in place
+            "contrast": A.grey_blend(x.clone(), w(0.7), w(0.0), w(1 - 0.7)),
+            "saturation": A.grey_blend(x.clone(), w(1.4), w(1 - 1.4), w(0.0)),
             "hue -0.08": A.hue_shift(x, w(-0.08)), "hue 0.1": A.hue_shift(x, w(0.1))}
     theirs = {"brightness": TF.adjust_brightness(x, 1.3), "contrast": TF.adjust_contrast(x, 0.7),
               "saturation": TF.adjust_saturation(x, 1.4), "hue -0.08": TF.adjust_hue(x, -0.08),
@@ -91,7 +91,7 @@ def test_colour_jitter_applies_each_samples_operations_in_its_own_order():
     x = torch.rand(64, 3, 8, 8)
     spec = ViewSpec(color_jitter=(0.8, 0.8, 0.8, 0.2), color_jitter_p=0.8)
     u = A.draws(keys(64), 0)
-    ours = A.color_jitter(x, spec, u)
+    ours = A.color_jitter(x.clone(), spec, u)  # jitters in place
     functions = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
     for i in range(64):
         expected = x[i]
@@ -102,7 +102,7 @@ def test_colour_jitter_applies_each_samples_operations_in_its_own_order():
                 expected = functions[op](expected, factors[op])
         torch.testing.assert_close(ours[i], expected, atol=1e-5, rtol=0, msg=f"sample {i}")
     grey = torch.rand(64, 1, 8, 8)  # one channel: brightness and contrast only
-    ours = A.color_jitter(grey, spec, u)
+    ours = A.color_jitter(grey.clone(), spec, u)
     assert ours[u[:, A._JITTER_ON] >= 0.8].equal(grey[u[:, A._JITTER_ON] >= 0.8])
 
 
@@ -112,7 +112,7 @@ def test_blur_matches_torchvision_and_unblurred_samples_are_unchanged():
     u = torch.zeros(2, A.NUM_UNIFORMS)
     u[0, A._BLUR_ON], u[1, A._BLUR_ON] = 0.0, 0.99  # first blurred, second not
     u[:, A._BLUR_SIGMA] = 0.5
-    out = A.gaussian_blur(x, ViewSpec(blur_p=0.5, blur_sigma=(0.1, 2.0)), u)
+    out = A.gaussian_blur(x.clone(), ViewSpec(blur_p=0.5, blur_sigma=(0.1, 2.0)), u)  # blurs in place
     torch.testing.assert_close(out[0], TF.gaussian_blur(x[0], [9, 9], [1.05, 1.05]), atol=1e-5, rtol=0)
     torch.testing.assert_close(out[1], x[1], atol=1e-6, rtol=0)
 

@@ -211,8 +211,8 @@ def grey_blend(x: torch.Tensor, keep: torch.Tensor, towards_gray: torch.Tensor,
 class JitterPlan:
     """Each sample's colour jitter, by position of its order: the grey_blend weights (B, 4) that the operation at
     each position takes (brightness (f, 0, 0), contrast (f, 0, 1 - f), saturation (f, 1 - f, 0), hue (1, 0, 0)),
-    where hue is (B, 4), and the hue shift (B,). Gathered from per-operation tables by the order in one step per
-    weight, instead of a selection per position and operation."""
+    the hue's position (`hue_here`, B x 4) and the hue shift (B,). Gathered from per-operation tables by the
+    order in one step per weight, instead of a selection per position and operation."""
 
     keep: torch.Tensor
     towards_gray: torch.Tensor
@@ -341,7 +341,7 @@ def augment(images: torch.Tensor, keys: torch.Tensor, spec: ViewSpec, view_numbe
     """A batch of views, float in [0, 1]: `images` uint8 (B, C, H, W); `crop=False` when already cropped,
     `colour=False` for the crop alone."""
     u = draws(keys.to(images.device), view_number)
-    x = images.float().div_(255.0)  # a tensor of its own: photometric() may change it in place
+    x = images.to(torch.float32, copy=True).div_(255.0)  # a tensor of its own: photometric() changes it in place
     if crop:
         x = geometric(x, spec, u, size)
     return photometric(x, spec, u) if colour else x

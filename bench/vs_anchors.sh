@@ -35,9 +35,10 @@
 #     on all positions: ~20% fewer FLOPs), and selfsup's MAE projects only the visible patches (~1.4% fewer).
 # Packages. The anchors need transformers (mlm), open_clip_torch + ftfy (clip), lightly (ssl), kornia (aug) and
 # $ANCHORS/vendor/mae (mae: facebookresearch/mae's models_mae.py + util/pos_embed.py, patched as $ANCHORS/README.md
-# says; or MAE_REPO=a clone of facebookresearch/mae, which this script vendors and patches in a copy of $ANCHORS). A missing one gives a "skipped" row with the pip command; the rest goes on. $ANCHOR_SITE (default
-# /tmp/site, as $ANCHORS/run_all.sh) is put on the anchors' PYTHONPATH when it exists, and wheels in .whl/ (the
-# ones $ANCHORS/README.md lists) are installed there first (pip --no-index --no-deps --target): that is how the GPU
+# says; or MAE_REPO=a clone of facebookresearch/mae, which this script vendors and patches in a copy of $ANCHORS).
+# A missing one gives a "skipped" row with the pip command; the rest goes on. $ANCHOR_SITE (default /tmp/site, as
+# $ANCHORS/run_all.sh) is put on the anchors' PYTHONPATH when it exists, and wheels in .whl/ (the ones
+# $ANCHORS/README.md lists) are installed there first (pip --no-index --no-deps --target): that is how the GPU
 # machine gets them.
 # Environment: ROUNDS (3), OUT (bench/out), ANCHORS, MAE_REPO, WARMUP, ITERS, CPU_R50, SSL_OPTIM, ANCHOR_CPU_BF16,
 # RUN_TIMEOUT (seconds per script run, default 1800), SMOKE.

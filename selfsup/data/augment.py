@@ -150,19 +150,14 @@ def geometric(images: torch.Tensor, spec: ViewSpec, u: torch.Tensor, size: int) 
 
 
 # -- photometry (images in [0, 1]) -----------------------------------------------------------------------------
-def gray_weights(x: torch.Tensor) -> torch.Tensor:
-    """(1, C) weights of the luma of C-channel images: ITU-R 601-2 for RGB, 1 for one channel."""
-    weights = GRAY_WEIGHTS if x.shape[1] == 3 else (1.0,) * x.shape[1]
-    return torch.tensor([weights], device=x.device, dtype=x.dtype)
-
-
 def to_gray(x: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) -> (B, 1, H, W) luma; one-channel images are returned as they are. One matrix product over
     the channels (a single pass, where per-channel products and sums take five)."""
     if x.shape[1] == 1:
         return x
     b, c, height, width = x.shape
-    return torch.matmul(gray_weights(x), x.reshape(b, c, height * width)).view(b, 1, height, width)
+    weights = torch.tensor([GRAY_WEIGHTS], device=x.device, dtype=x.dtype)
+    return torch.matmul(weights, x.reshape(b, c, height * width)).view(b, 1, height, width)
 
 
 HUE_CHANNEL_OFFSETS = (5.0, 3.0, 1.0)  # R, G, B in the compact HSV -> RGB formula below
@@ -249,9 +244,9 @@ def jitter_order(x: torch.Tensor, plan: JitterPlan, subsets: bool) -> torch.Tens
         if plan.linear:
             weights = (w[:, position].view(-1, 1, 1, 1) for w in (plan.keep, plan.towards_gray, plan.towards_mean))
             x = grey_blend(x, *weights)
-        here = plan.hue_here[:, position]
         if not plan.hue:
             continue
+        here = plan.hue_here[:, position]
         if subsets:  # x is this function's own tensor here (a blend's output, or the gathered samples)
             rows = here.nonzero().squeeze(1)
             if len(rows):

@@ -7,7 +7,9 @@ p 0.8, grayscale p 0.2, Gaussian blur (kernel 10% of the side: 3 px at 32, 23 at
 from uint8 images (256 px for 224 px views, else the view's size) to normalised float views. Routes, alternated
 over `--rounds` rounds of at least `--seconds` each, so that a noisy machine affects all alike (median images/s,
 with min and max):
-- selfsup: views.device_views on the batch, eager and torch.compile'd (what `data.augment_on=gpu` runs);
+- selfsup: views.device_views on the batch, eager and torch.compile'd (what `data.augment_on=gpu` runs; eager on
+  the CPU, that is cpu_views.c, compiled the tensor route under Inductor);
+- selfsup_tensors: augment.augment_with_tensors, the batched tensor route a GPU runs, here on the CPU;
 - selfsup_workers: views.worker_batch_views in one process (what `data.augment_on=cpu` runs in each worker);
 - kornia: `AugmentationSequential` with per-image parameters (the anchors' gpu_kornia);
 - v2_per_image: torchvision.transforms.v2 applied image by image (the anchors' gpu_v2 per-sample route).
@@ -31,7 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import anchor_scripts  # noqa: E402
 
-from selfsup.data.augment import ViewSpec  # noqa: E402
+from selfsup.data.augment import ViewSpec, augment_with_tensors, draws  # noqa: E402
 from selfsup.data.views import SOURCE, device_views, worker_batch_views  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -49,13 +51,22 @@ def routes(res: int, anchor, device: torch.device) -> dict[str, Callable[[torch.
     mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
 
+    def normalise(view: torch.Tensor) -> torch.Tensor:
+        """In place where the view is float (kornia's Normalize is part of its pipeline, so it is timed here)."""
+        x = view.float().div_(255.0) if view.dtype == torch.uint8 else view
+        return x.sub_(mean).div_(std)
+
     def selfsup(images: torch.Tensor, keys: torch.Tensor, make=device_views) -> list[torch.Tensor]:
         batch = make({SOURCE: images, "key": keys}, views, res)
-        return [(batch[v.key].float() / (255.0 if batch[v.key].dtype == torch.uint8 else 1.0) - mean) / std
-                for v in views]
+        return [normalise(batch[v.key]) for v in views]
+
+    def tensors(images: torch.Tensor, keys: torch.Tensor) -> list[torch.Tensor]:
+        """The batched tensor route, what a GPU runs (on the CPU, device_views runs cpu_views.c instead)."""
+        return [normalise(augment_with_tensors(images, v, draws(keys, n), res)) for n, v in enumerate(views)]
 
     compiled = torch.compile(device_views, dynamic=False)
-    out = {"selfsup_eager": selfsup, "selfsup_compiled": lambda x, k: selfsup(x, k, compiled)}
+    out = {"selfsup_eager": selfsup, "selfsup_compiled": lambda x, k: selfsup(x, k, compiled),
+           "selfsup_tensors": tensors}
     if device.type == "cpu":
         out["selfsup_workers"] = lambda x, k: selfsup(x, k, worker_batch_views)
     if anchor is not None:

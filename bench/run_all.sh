@@ -47,5 +47,8 @@ if wanted pipeline; then   # whole iterations fed by the real data loaders (deco
   FMNIST="data=fashion_mnist ${FMNIST_ROOT:+data.root=$FMNIST_ROOT}"   # FMNIST_ROOT: the four .gz files
   PIPELINE=1 bench objective=simclr backbone=resnet18 $FMNIST data.batch_size=512
   PIPELINE=1 bench objective=mae $FMNIST data.batch_size=256
+  # JPEGs of 200-500 px (written once): decoding and a crop per image in the workers, the rest on the batch
+  [ -d "$OUT/jpegs/train" ] || python bench/jpeg_folder.py "$OUT/jpegs"
+  PIPELINE=1 bench objective=simclr backbone=resnet50 data=image_folder data.root="$OUT/jpegs" data.batch_size=256
 fi
 echo "results: $OUT/results.jsonl" >&2

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from selfsup import keyed_random
+from selfsup.data import cpu_views
 from selfsup.errors import ConfigError
 
 CROP_TRIES = 10
@@ -256,18 +257,29 @@ def jitter_order(x: torch.Tensor, plan: JitterPlan, subsets: bool) -> torch.Tens
     return x
 
 
+def jitter_draws(spec: ViewSpec, u: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """Which samples RandomApply(ColorJitter, p) jitters (B,), their four factors (brightness, contrast,
+    saturation, hue; B each) and each sample's order of the four operations (B, 4)."""
+    apply = u[:, _JITTER_ON] < spec.color_jitter_p
+    raw = u[:, _JITTER_FACTORS:_JITTER_FACTORS + 4]
+    factors = [1 - s + 2 * s * raw[:, i] if i < 3 else (2 * raw[:, i] - 1) * s for i, s in enumerate(spec.color_jitter)]
+    order = torch.argsort(u[:, _JITTER_ORDER:_JITTER_ORDER + 4], dim=1)  # a uniform random permutation
+    return apply, factors, order
+
+
+def jitter_ops(spec: ViewSpec, channels: int) -> list[int]:
+    """The jitter operations that run: those of non-zero strength; brightness and contrast only on grey images."""
+    return [op for op, s in enumerate(spec.color_jitter) if s > 0 and (op < 2 or channels == 3)]
+
+
 def color_jitter(x: torch.Tensor, spec: ViewSpec, u: torch.Tensor) -> torch.Tensor:
     """RandomApply(ColorJitter, p): each applied sample gets its four factors and its own order of the four ops.
 
     Eager, only the samples drawn for jitter are jittered (gathered, then put back into `x`, which this
     changes); compiled, every sample goes through with neutral factors where jitter is not drawn, which keeps
     shapes static (one graph, no host sync)."""
-    strengths = spec.color_jitter
-    apply = u[:, _JITTER_ON] < spec.color_jitter_p
-    raw = u[:, _JITTER_FACTORS:_JITTER_FACTORS + 4]
-    factors = [1 - s + 2 * s * raw[:, i] if i < 3 else (2 * raw[:, i] - 1) * s for i, s in enumerate(strengths)]
-    order = torch.argsort(u[:, _JITTER_ORDER:_JITTER_ORDER + 4], dim=1)  # a uniform random permutation
-    ops = [op for op, s in enumerate(strengths) if s > 0 and (op < 2 or x.shape[1] == 3)]  # no colour in grey images
+    apply, factors, order = jitter_draws(spec, u)
+    ops = jitter_ops(spec, x.shape[1])
     if torch.compiler.is_compiling():
         neutral = [torch.where(apply, f, 1.0 if op < 3 else 0.0) for op, f in enumerate(factors)]
         return jitter_order(x, jitter_plan(neutral, order, ops), subsets=False)
@@ -297,19 +309,32 @@ def blur_with(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return flat.view(b, c, height, width)
 
 
+def blur_kernel_size(size: int) -> int:
+    """GaussianBlur's kernel side: 10% of the image, odd (23 at 224 px, 9 at 96 px, 3 at 32 px)."""
+    return int(0.1 * size) // 2 * 2 + 1
+
+
+def blur_draws(spec: ViewSpec, u: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which samples are blurred (B,) and each sample's normalised 1-D Gaussian (B, k), sigma uniform."""
+    k = blur_kernel_size(size)
+    lo, hi = spec.blur_sigma
+    sigma = (lo + (hi - lo) * u[:, _BLUR_SIGMA]).view(-1, 1)
+    offsets = torch.arange(k, device=u.device, dtype=u.dtype) - k // 2
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    return u[:, _BLUR_ON] < spec.blur_p, kernel / kernel.sum(1, keepdim=True)
+
+
+def blurs(spec: ViewSpec, size: int) -> bool:
+    return spec.blur_p > 0 and size >= spec.blur_min_size
+
+
 def gaussian_blur(x: torch.Tensor, spec: ViewSpec, u: torch.Tensor) -> torch.Tensor:
     """Gaussian blur with a per-sample sigma. Eager, only the samples drawn for blur are blurred (gathered, put
     back into `x`); compiled, the others get a unit kernel (identity), which keeps shapes static."""
-    k = int(0.1 * x.shape[2]) // 2 * 2 + 1  # 10% of the image, odd: 23 at 224 px, 9 at 96 px
-    lo, hi = spec.blur_sigma
-    sigma = (lo + (hi - lo) * u[:, _BLUR_SIGMA]).view(-1, 1)
-    offsets = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum(1, keepdim=True)
-    blurred = u[:, _BLUR_ON] < spec.blur_p
+    blurred, kernel = blur_draws(spec, u.to(x.dtype), x.shape[2])
     if torch.compiler.is_compiling():
-        identity = (offsets == 0).to(x.dtype).expand_as(kernel)
-        return blur_with(x, torch.where(blurred.view(-1, 1), kernel, identity))
+        identity = (torch.arange(kernel.shape[1], device=x.device) == kernel.shape[1] // 2).to(x.dtype)
+        return blur_with(x, torch.where(blurred.view(-1, 1), kernel, identity.expand_as(kernel)))
     rows = blurred.nonzero().squeeze(1)
     if len(rows) == 0:  # a convolution takes no empty batch
         return x
@@ -323,7 +348,7 @@ def photometric(x: torch.Tensor, spec: ViewSpec, u: torch.Tensor) -> torch.Tenso
         x = color_jitter(x, spec, u)
     if spec.grayscale_p > 0 and x.shape[1] == 3:
         x = grayscale(x, spec, u)
-    if spec.blur_p > 0 and x.shape[-1] >= spec.blur_min_size:
+    if blurs(spec, x.shape[-1]):
         x = gaussian_blur(x, spec, u)
     if spec.solarize_p > 0:
         solarize = (u[:, _SOLARIZE] < spec.solarize_p).view(-1, 1, 1, 1) & (x >= 0.5)
@@ -331,11 +356,48 @@ def photometric(x: torch.Tensor, spec: ViewSpec, u: torch.Tensor) -> torch.Tenso
     return x
 
 
+def kernel_params(images: torch.Tensor, spec: ViewSpec, u: torch.Tensor, size: int, crop: bool,
+                  colour: bool) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
+    """Each sample's draws as cpu_views.c takes them: one row of floats per sample (B, NUM_PARAMS, in the order of
+    cpu_views.COLUMNS), the jitter operations that run and the blur kernels (B, k), or None when no blur runs."""
+    b, channels, height, width = images.shape
+    columns = dict.fromkeys(cpu_views.COLUMNS, torch.zeros(b, 1))
+    if crop:
+        full = torch.full((b,), float(height)), torch.full((b,), float(width))
+        columns["box"] = crop_boxes(spec, u, *full)
+        columns["flip"] = u[:, _FLIP:_FLIP + 1] < spec.hflip
+    ops = jitter_ops(spec, channels) if colour else []
+    if ops and spec.color_jitter_p > 0:
+        apply, factors, order = jitter_draws(spec, u)
+        columns.update(jitter=apply.unsqueeze(1), factors=torch.stack(factors, 1), order=order)
+    kernels = None
+    if colour:
+        if spec.grayscale_p > 0 and channels == 3:
+            columns["gray"] = u[:, _GRAY:_GRAY + 1] < spec.grayscale_p
+        if blurs(spec, size):
+            blurred, kernels = blur_draws(spec, u, size)
+            columns["blur"] = blurred.unsqueeze(1)
+        columns["solarize"] = u[:, _SOLARIZE:_SOLARIZE + 1] < spec.solarize_p
+    params = torch.cat([c.to(torch.float32).expand(b, cpu_views.COLUMNS[name]) for name, c in columns.items()], 1)
+    return params, ops, kernels
+
+
 def augment(images: torch.Tensor, keys: torch.Tensor, spec: ViewSpec, view_number: int, size: int,
-            crop: bool = True, colour: bool = True) -> torch.Tensor:
-    """A batch of views, float in [0, 1]: `images` uint8 (B, C, H, W); `crop=False` when already cropped,
-    `colour=False` for the crop alone."""
+            crop: bool = True, colour: bool = True, uint8: bool = False) -> torch.Tensor:
+    """A batch of views, float in [0, 1] (uint8 with `uint8`): `images` uint8 (B, C, H, W); `crop=False` when
+    already cropped (to size x size), `colour=False` for the crop alone. On the CPU, cpu_views.c makes them
+    when it could be built; elsewhere (and compiled), tensor operations on the whole batch."""
     u = draws(keys.to(images.device), view_number)
+    if cpu_views.usable(images):
+        params, ops, kernels = kernel_params(images, spec, u, size, crop, colour)
+        return cpu_views.make_views(images, params, crop, size, ops, kernels, uint8)
+    views = augment_with_tensors(images, spec, u, size, crop, colour)
+    return to_uint8(views) if uint8 else views
+
+
+def augment_with_tensors(images: torch.Tensor, spec: ViewSpec, u: torch.Tensor, size: int, crop: bool = True,
+                         colour: bool = True) -> torch.Tensor:
+    """augment's route on any device: each operation one batched pass over the samples that drew it."""
     x = images.to(torch.float32, copy=True).div_(255.0)  # a tensor of its own: photometric() changes it in place
     if crop:
         x = geometric(x, spec, u, size)
@@ -358,5 +420,5 @@ class CPUView:
 
     def __call__(self, image: torch.Tensor, key: int) -> torch.Tensor:
         keys = torch.tensor([key], dtype=torch.int64)
-        views = augment(image.unsqueeze(0), keys, self.spec, self.view_number, self.size, colour=self.stages == "all")
-        return to_uint8(views)[0]
+        return augment(image.unsqueeze(0), keys, self.spec, self.view_number, self.size, colour=self.stages == "all",
+                       uint8=True)[0]

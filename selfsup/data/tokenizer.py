@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Mapping
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, trainers
 from tokenizers.models import WordPiece
 
+from selfsup.caches import cache_dir
 from selfsup.data_facts import TokenizerInfo
 from selfsup.errors import ConfigError, DataError
 
@@ -28,10 +29,7 @@ FORMAT_VERSION = 1  # part of the cache key: bump when training changes
 
 def default_cache_dir() -> Path:
     """$SELFSUP_CACHE/tokenizers, else $XDG_CACHE_HOME/selfsup/tokenizers, else ~/.cache/selfsup/tokenizers."""
-    if os.environ.get("SELFSUP_CACHE"):
-        return Path(os.environ["SELFSUP_CACHE"]).expanduser() / "tokenizers"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
-    return base / "selfsup" / "tokenizers"
+    return cache_dir("tokenizers")
 
 
 def token_ids_of(tokenizer: Tokenizer, source: str = "the tokenizer") -> TokenizerInfo:

@@ -17,7 +17,8 @@ from typing import Any, Callable
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from selfsup.data.augment import CPUView, ViewSpec, augment, to_uint8
+from selfsup.data import cpu_views
+from selfsup.data.augment import CPUView, ViewSpec, augment
 
 SOURCE = "source"  # the batch field of the undecorated image in GPU mode
 AUGMENT_ON = ("auto", "cpu", "gpu")
@@ -60,6 +61,7 @@ def worker_views(specs: list[ViewSpec], size: int, augment_on: str, same_size_so
     """The fields data workers produce per sample for training batches: the decoded image, or its crops where
     images differ in size, when the views are finished on the batch (GPU mode, or `batched` CPU mode); else
     every view, image by image (sources that collate their own batches)."""
+    cpu_views.library()  # built here, once, so that the data workers forked later load it rather than each build it
     if augment_on == "gpu" or batched:
         if same_size_source:
             return {SOURCE: Decoded()}
@@ -90,16 +92,17 @@ CHUNK_VALUES = 2**20  # float values per chunk of samples in worker_batch_views:
 def worker_batch_views(batch: dict[str, Any], specs: list[ViewSpec], size: int) -> dict[str, Any]:
     """CPU mode: make each view (uint8, as the workers hand views over) of a collated batch in the data worker.
 
-    The samples go through in chunks of about CHUNK_VALUES values: the whole batch at once for small images,
-    where per-operation overhead dominates, and a few images at a time for large ones, whose passes then stay in
-    the cache and whose memory stays bounded. Each sample's view is the one device_views makes (keyed)."""
+    cpu_views.c takes the whole batch (it makes each view in the cache by itself). The tensor route takes chunks
+    of about CHUNK_VALUES values: the whole batch at once for small images, where per-operation overhead
+    dominates, and a few images at a time for large ones, whose passes then stay in the cache and whose memory
+    stays bounded. Each sample's view is the one device_views makes (keyed)."""
     source = batch.pop(SOURCE, None)
     for n, spec in enumerate(specs):
         images = source if source is not None else batch[spec.key]
         side = spec.size or size
         values = max(images[0].numel(), images.shape[1] * side * side)
-        chunk = max(1, CHUNK_VALUES // values)
+        chunk = len(images) if cpu_views.usable(images) else max(1, CHUNK_VALUES // values)
         batch[spec.key] = torch.cat([
-            to_uint8(augment(images[i:i + chunk], batch["key"][i:i + chunk], spec, n, side, crop=source is not None))
+            augment(images[i:i + chunk], batch["key"][i:i + chunk], spec, n, side, crop=source is not None, uint8=True)
             for i in range(0, len(images), chunk)])
     return batch

@@ -63,6 +63,8 @@ def test_kernel_finishes_cropped_views_and_rounds_to_uint8_as_the_tensor_route()
     assert as_uint8.dtype == torch.uint8
     assert (as_uint8.int() - reference.int()).abs().max() <= 1  # a rounding tie apart at most
     assert (as_uint8 == reference).float().mean() > 0.999
+    with pytest.raises(ValueError, match="uncropped views need images of 32 x 32 px, got 40 x 40"):
+        A.augment(x, k, SIMCLR, 0, 32, crop=False)  # the kernel would read past each image
 
 
 @needs_kernel

@@ -135,12 +135,17 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.T
     return roi_align(images, rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
+def image_boxes(spec: ViewSpec, u: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """crop_boxes for a batch of images of one size (B, C, H, W)."""
+    b, _, height, width = images.shape
+    full = torch.full((b,), float(height), device=images.device), torch.full((b,), float(width), device=images.device)
+    return crop_boxes(spec, u, *full)
+
+
 def geometric(images: torch.Tensor, spec: ViewSpec, u: torch.Tensor, size: int) -> torch.Tensor:
     """Random resized crop (or resize + centre crop) and horizontal flip, per sample. Eager, only the samples
     drawn for the flip are flipped (gathered); compiled, every sample is selected (static shapes)."""
-    b, _, height, width = images.shape
-    full = torch.full((b,), float(height), device=images.device), torch.full((b,), float(width), device=images.device)
-    out = crop_resize(images, crop_boxes(spec, u, *full), size)
+    out = crop_resize(images, image_boxes(spec, u, images), size)
     if spec.hflip > 0:
         flip = u[:, _FLIP] < spec.hflip
         if torch.compiler.is_compiling():
@@ -328,6 +333,10 @@ def blurs(spec: ViewSpec, size: int) -> bool:
     return spec.blur_p > 0 and size >= spec.blur_min_size
 
 
+def grays(spec: ViewSpec, channels: int) -> bool:
+    return spec.grayscale_p > 0 and channels == 3
+
+
 def gaussian_blur(x: torch.Tensor, spec: ViewSpec, u: torch.Tensor) -> torch.Tensor:
     """Gaussian blur with a per-sample sigma. Eager, only the samples drawn for blur are blurred (gathered, put
     back into `x`); compiled, the others get a unit kernel (identity), which keeps shapes static."""
@@ -346,7 +355,7 @@ def photometric(x: torch.Tensor, spec: ViewSpec, u: torch.Tensor) -> torch.Tenso
     in place (each operation writes back only the samples drawn for it)."""
     if any(spec.color_jitter) and spec.color_jitter_p > 0:
         x = color_jitter(x, spec, u)
-    if spec.grayscale_p > 0 and x.shape[1] == 3:
+    if grays(spec, x.shape[1]):
         x = grayscale(x, spec, u)
     if blurs(spec, x.shape[-1]):
         x = gaussian_blur(x, spec, u)
@@ -360,11 +369,10 @@ def kernel_params(images: torch.Tensor, spec: ViewSpec, u: torch.Tensor, size: i
                   colour: bool) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
     """Each sample's draws as cpu_views.c takes them: one row of floats per sample (B, NUM_PARAMS, in the order of
     cpu_views.COLUMNS), the jitter operations that run and the blur kernels (B, k), or None when no blur runs."""
-    b, channels, height, width = images.shape
+    b, channels = images.shape[:2]
     columns = dict.fromkeys(cpu_views.COLUMNS, torch.zeros(b, 1))
     if crop:
-        full = torch.full((b,), float(height)), torch.full((b,), float(width))
-        columns["box"] = crop_boxes(spec, u, *full)
+        columns["box"] = image_boxes(spec, u, images)
         columns["flip"] = u[:, _FLIP:_FLIP + 1] < spec.hflip
     ops = jitter_ops(spec, channels) if colour else []
     if ops and spec.color_jitter_p > 0:
@@ -372,7 +380,7 @@ def kernel_params(images: torch.Tensor, spec: ViewSpec, u: torch.Tensor, size: i
         columns.update(jitter=apply.unsqueeze(1), factors=torch.stack(factors, 1), order=order)
     kernels = None
     if colour:
-        if spec.grayscale_p > 0 and channels == 3:
+        if grays(spec, channels):
             columns["gray"] = u[:, _GRAY:_GRAY + 1] < spec.grayscale_p
         if blurs(spec, size):
             blurred, kernels = blur_draws(spec, u, size)

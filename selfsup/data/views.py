@@ -61,7 +61,8 @@ def worker_views(specs: list[ViewSpec], size: int, augment_on: str, same_size_so
     """The fields data workers produce per sample for training batches: the decoded image, or its crops where
     images differ in size, when the views are finished on the batch (GPU mode, or `batched` CPU mode); else
     every view, image by image (sources that collate their own batches)."""
-    cpu_views.library()  # built here, once, so that the data workers forked later load it rather than each build it
+    if augment_on == "cpu" or not same_size_source:  # the workers make views or crops: build the kernel here,
+        cpu_views.library()  # once, so that the data workers forked later load it rather than each build it
     if augment_on == "gpu" or batched:
         if same_size_source:
             return {SOURCE: Decoded()}
